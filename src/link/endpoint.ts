@@ -1,0 +1,635 @@
+/**
+ * A link endpoint: one datagram socket, many DTLS 1.2 links to peers, in
+ * both the dialing and the listening role, demultiplexed by remote
+ * address.
+ *
+ * Invariants:
+ * - Nothing is allocated for a remote address before it returns a valid
+ *   DTLS cookie (the native listen step is stateless).
+ * - No application data crosses a link before both sides' AUTH messages
+ *   (src/link/auth.ts) were verified: the dialer checks that the peer is
+ *   the node id it asked for; the listener checks the dialer's id against
+ *   its allowed set.
+ * - At most MAX_PEERS links exist; every link is dropped when its
+ *   handshake, authentication or liveness timer expires.
+ * - All timers run from one coarse tick (LINK_TICK_MS) and an injected
+ *   clock.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Identity } from '../identity.js';
+import { nodeIdOf } from '../identity.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import {
+  LISTEN_VERIFIED,
+  loadDtls,
+  type NativeDtlsContext,
+  type NativeDtlsSession,
+} from '../native/binding.js';
+import { EXPORTER_BYTES, EXPORTER_LABEL, signAuth, verifyAuth } from './auth.js';
+import * as C from './constants.js';
+import {
+  CloseReason,
+  type CloseReasonCode,
+  closeReasonText,
+  decodeAuth,
+  decodeClose,
+  encodeAuth,
+  encodeClose,
+  KEEPALIVE,
+  MSG_AUTH,
+  MSG_CLOSE,
+  MSG_DATA,
+  MSG_KEEPALIVE,
+  ROLE_DIALER,
+  ROLE_LISTENER,
+} from './messages.js';
+import type { DatagramTransport } from './transport.js';
+
+export type LinkState = 'handshake' | 'auth' | 'up' | 'closed';
+
+export class LinkPeer {
+  state: LinkState = 'handshake';
+  /** Node id of the peer once its AUTH verified. */
+  id: string | null = null;
+  /** Attributes the peer sent in its AUTH. */
+  attributes: Buffer | null = null;
+  exporter: Buffer | null = null;
+  authMessage: Buffer | null = null;
+  gotAuth = false;
+  lastAuthSentAt = 0;
+  lastReceivedAt: number;
+  lastSentAt: number;
+  upSince = 0;
+  rxPackets = 0;
+  txPackets = 0;
+  rxBytes = 0;
+  txBytes = 0;
+  /** For the layer above (e.g. the tunnel's inner addresses). */
+  context: unknown = undefined;
+
+  constructor(
+    readonly key: string,
+    readonly host: string,
+    readonly port: number,
+    /** Our role on this link. */
+    readonly role: 'dialer' | 'listener',
+    readonly session: NativeDtlsSession,
+    readonly createdAt: number,
+    /** Node id the dialer expects (null on the listening side). */
+    readonly expectedId: string | null,
+  ) {
+    this.lastReceivedAt = createdAt;
+    this.lastSentAt = createdAt;
+  }
+
+  get label(): string {
+    return `${this.id ? this.id.slice(0, 16) : '?'}@${formatHostPort(this.host, this.port)}`;
+  }
+}
+
+export function formatHostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+export interface LinkCounters {
+  rxDatagrams: number;
+  txDatagrams: number;
+  helloVerifySent: number;
+  linksAccepted: number;
+  linksUp: number;
+  linksDown: number;
+  /** Drops by reason. */
+  drops: {
+    garbage: number;
+    noLink: number;
+    peerLimit: number;
+    unauthenticated: number;
+    badMessage: number;
+    oversize: number;
+  };
+  authFailures: number;
+  unauthorized: number;
+}
+
+export interface LinkEndpointOptions {
+  identity: Identity;
+  transport: DatagramTransport;
+  log?: Logger;
+  now?: () => number;
+  /** Accept incoming links. `allowedIds` null means any authenticated node id. */
+  listen?: { allowedIds: Set<string> | null } | null;
+  /** Attributes sent in our AUTH to a peer (e.g. our inner addresses). */
+  attributes?: () => Buffer;
+  /**
+   * Called when a peer's AUTH verified, before the link is up. Return a
+   * close reason to refuse it (e.g. its inner address is taken).
+   */
+  admit?: (peer: LinkPeer) => CloseReasonCode | null;
+  onPeerUp?: (peer: LinkPeer) => void;
+  onPeerDown?: (peer: LinkPeer, reason: string) => void;
+  /** One DATA message's payload: `buf[offset, offset+len)`, valid during the call. */
+  onData?: (peer: LinkPeer, buf: Buffer, offset: number, len: number) => void;
+  /** Called after a received datagram's records were delivered (flush point). */
+  onReceiveDone?: () => void;
+  deadPeerAfterMs?: number;
+  keepaliveIntervalMs?: number;
+  maxPeers?: number;
+  datagramBytes?: number;
+}
+
+interface DialTarget {
+  host: string;
+  port: number;
+  key: string;
+  expectedId: string;
+  backoffMs: number;
+  nextAttemptAt: number;
+  lastFailure: string;
+}
+
+export class LinkEndpoint {
+  readonly counters: LinkCounters = {
+    rxDatagrams: 0,
+    txDatagrams: 0,
+    helloVerifySent: 0,
+    linksAccepted: 0,
+    linksUp: 0,
+    linksDown: 0,
+    drops: { garbage: 0, noLink: 0, peerLimit: 0, unauthenticated: 0, badMessage: 0, oversize: 0 },
+    authFailures: 0,
+    unauthorized: 0,
+  };
+  readonly peers = new Map<string, LinkPeer>();
+  private readonly dialTargets = new Map<string, DialTarget>();
+  private readonly ctx: NativeDtlsContext;
+  private readonly ownCertDer: Buffer;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly rxBuf = Buffer.alloc(65_536);
+  private readonly txBuf = Buffer.alloc(C.SEND_BATCH_PACKETS * (C.LINK_DATAGRAM_BYTES + 2) * 2);
+  private readonly recordBuf = Buffer.alloc(C.LINK_DATAGRAM_BYTES + 2);
+  private tickTimer: NodeJS.Timeout | undefined;
+  private cookieRotatedAt = 0;
+  private cookieSecret = randomBytes(32);
+  private started = false;
+  private readonly deadPeerAfterMs: number;
+  private readonly keepaliveIntervalMs: number;
+  private readonly maxPeers: number;
+
+  constructor(private readonly options: LinkEndpointOptions) {
+    const dtls = loadDtls();
+    this.log = options.log ?? silentLogger;
+    this.now = options.now ?? Date.now;
+    this.deadPeerAfterMs = options.deadPeerAfterMs ?? C.DEAD_PEER_AFTER_MS;
+    this.keepaliveIntervalMs = options.keepaliveIntervalMs ?? C.KEEPALIVE_INTERVAL_MS;
+    this.maxPeers = options.maxPeers ?? C.MAX_PEERS;
+    this.ctx = new dtls.DtlsContext({
+      certPem: options.identity.link.certPem,
+      keyPem: options.identity.link.keyPem,
+      mtu: options.datagramBytes ?? C.LINK_DATAGRAM_BYTES,
+    });
+    this.ctx.setCookieSecrets(this.cookieSecret, null);
+    this.ownCertDer = dtls.certificateDer(options.identity.link.certPem);
+  }
+
+  /** Bind the transport and start the tick. */
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    this.cookieRotatedAt = this.now();
+    await this.options.transport.start((d, h, p) => this.onDatagram(d, h, p));
+    this.tickTimer = setInterval(() => this.tick(), C.LINK_TICK_MS);
+  }
+
+  /** Close every link (sending CLOSE), stop timers, release the socket. */
+  stop(): void {
+    if (!this.started) return;
+    this.started = false;
+    if (this.tickTimer) clearInterval(this.tickTimer);
+    this.tickTimer = undefined;
+    this.dialTargets.clear();
+    for (const peer of [...this.peers.values()]) this.drop(peer, 'stopping', CloseReason.normal);
+    this.options.transport.close();
+  }
+
+  /** Keep a link to `host:port`, which must prove node id `expectedId`; redial on loss. */
+  dial(host: string, port: number, expectedId: string): void {
+    const key = peerKey(host, port);
+    if (this.dialTargets.has(key)) return;
+    this.dialTargets.set(key, {
+      host,
+      port,
+      key,
+      expectedId,
+      backoffMs: C.RECONNECT_MIN_MS,
+      nextAttemptAt: 0,
+      lastFailure: '',
+    });
+    this.connect(this.dialTargets.get(key) as DialTarget);
+  }
+
+  /** Peers whose links are up. */
+  upPeers(): LinkPeer[] {
+    return [...this.peers.values()].filter((p) => p.state === 'up');
+  }
+
+  /**
+   * Send a packed batch of link messages ([u16 len][type][body]...) to an
+   * up peer, one DTLS record each. Returns false if the link is not up.
+   */
+  sendMessages(peer: LinkPeer, packed: Buffer, len: number, count: number): boolean {
+    if (peer.state !== 'up') return false;
+    const n = peer.session.sendBatch(packed, len, this.txBuf);
+    if (n < 0) {
+      this.drop(peer, `DTLS failure: ${peer.session.error() || 'send failed'}`, null);
+      return false;
+    }
+    this.transmit(peer, n);
+    peer.txPackets += count;
+    peer.txBytes += len;
+    return true;
+  }
+
+  // --- receive path -------------------------------------------------------
+
+  private onDatagram(data: Buffer, host: string, port: number): void {
+    this.counters.rxDatagrams += 1;
+    const key = peerKey(host, port);
+    const peer = this.peers.get(key);
+    if (peer) {
+      if (peer.role === 'listener' && peer.state !== 'handshake' && isClientHello(data)) {
+        // The same address starts over (the peer restarted on its port):
+        // answer statelessly; the old link is replaced only once the new
+        // handshake proves a returning cookie.
+        this.listenStep(data, host, port, key, peer);
+        return;
+      }
+      this.pump(peer, data);
+      return;
+    }
+    if (!this.options.listen) {
+      this.counters.drops.noLink += 1;
+      return;
+    }
+    this.listenStep(data, host, port, key, null);
+  }
+
+  private listenStep(
+    data: Buffer,
+    host: string,
+    port: number,
+    key: string,
+    existing: LinkPeer | null,
+  ): void {
+    if (!existing && this.peers.size >= this.maxPeers) {
+      this.counters.drops.peerLimit += 1;
+      return;
+    }
+    const n = this.ctx.listen(data, Buffer.from(key), this.txBuf);
+    if (n > 0) {
+      this.counters.helloVerifySent += 1;
+      this.options.transport.sendOne(this.txBuf.subarray(0, n), host, port);
+      this.counters.txDatagrams += 1;
+      return;
+    }
+    if (n !== LISTEN_VERIFIED) {
+      this.counters.drops.garbage += 1;
+      return;
+    }
+    if (existing) this.drop(existing, 'peer restarted its link', null);
+    const session = this.ctx.accept();
+    const peer = new LinkPeer(key, host, port, 'listener', session, this.now(), null);
+    this.peers.set(key, peer);
+    this.counters.linksAccepted += 1;
+    this.pump(peer, null);
+  }
+
+  /** Feed one datagram (or none) to a link and act on what comes out. */
+  private pump(peer: LinkPeer, data: Buffer | null): void {
+    const r = peer.session.receive(data, this.rxBuf);
+    this.flushHandshake(peer);
+    if (r < 0) {
+      this.drop(peer, `link failed: ${peer.session.error() || 'DTLS error'}`, null);
+      return;
+    }
+    if (peer.state === 'handshake' && peer.session.established()) this.onEstablished(peer);
+    if (r === 0) return;
+    peer.lastReceivedAt = this.now();
+    let o = 0;
+    while (o + 2 <= r && peer.state !== 'closed') {
+      const len = this.rxBuf.readUInt16BE(o);
+      o += 2;
+      if (len === 0 || o + len > r) break;
+      this.onMessage(peer, o, len);
+      o += len;
+    }
+    this.options.onReceiveDone?.();
+  }
+
+  private onMessage(peer: LinkPeer, o: number, len: number): void {
+    const buf = this.rxBuf;
+    switch (buf[o]) {
+      case MSG_DATA:
+        if (peer.state !== 'up') {
+          this.counters.drops.unauthenticated += 1;
+          return;
+        }
+        peer.rxPackets += 1;
+        peer.rxBytes += len - 1;
+        this.options.onData?.(peer, buf, o + 1, len - 1);
+        return;
+      case MSG_KEEPALIVE:
+        return;
+      case MSG_AUTH:
+        this.onAuth(peer, o, len);
+        return;
+      case MSG_CLOSE: {
+        const reason = decodeClose(buf, o, len);
+        if (reason === null) {
+          this.counters.drops.badMessage += 1;
+          return;
+        }
+        this.drop(peer, `peer closed the link: ${closeReasonText(reason)}`, null, reason);
+        return;
+      }
+      default:
+        this.counters.drops.badMessage += 1;
+    }
+  }
+
+  // --- handshake and authentication -------------------------------------
+
+  private onEstablished(peer: LinkPeer): void {
+    peer.state = 'auth';
+    peer.exporter = peer.session.exportKeyingMaterial(EXPORTER_LABEL, EXPORTER_BYTES);
+    const role = peer.role === 'dialer' ? ROLE_DIALER : ROLE_LISTENER;
+    const attributes = this.options.attributes?.() ?? Buffer.alloc(0);
+    const id = this.options.identity;
+    peer.authMessage = encodeAuth({
+      role,
+      publicKey: id.publicKey,
+      signature: signAuth(id.secretKey, role, this.ownCertDer, peer.exporter, attributes),
+      attributes,
+    });
+    this.sendAuth(peer);
+  }
+
+  private sendAuth(peer: LinkPeer): void {
+    if (!peer.authMessage) return;
+    peer.lastAuthSentAt = this.now();
+    this.sendControl(peer, peer.authMessage);
+  }
+
+  private onAuth(peer: LinkPeer, o: number, len: number): void {
+    if (peer.state === 'handshake' || !peer.exporter) return;
+    if (peer.gotAuth) {
+      // The peer resends its AUTH while it lacks ours: answer it again.
+      this.sendAuth(peer);
+      return;
+    }
+    const msg = decodeAuth(this.rxBuf, o, len);
+    const theirRole = peer.role === 'dialer' ? ROLE_LISTENER : ROLE_DIALER;
+    if (!msg || msg.role !== theirRole) {
+      this.counters.authFailures += 1;
+      this.drop(peer, 'malformed AUTH from peer', CloseReason.badAuth);
+      return;
+    }
+    const claimed = nodeIdOf(msg.publicKey);
+    if (peer.expectedId !== null && claimed !== peer.expectedId) {
+      this.counters.authFailures += 1;
+      this.drop(
+        peer,
+        `peer id mismatch: expected ${peer.expectedId.slice(0, 16)}..., the peer is ${claimed.slice(0, 16)}...`,
+        CloseReason.badAuth,
+      );
+      return;
+    }
+    const cert = peer.session.peerCertificate();
+    if (
+      !cert ||
+      !verifyAuth(msg.publicKey, msg.signature, msg.role, cert, peer.exporter, msg.attributes)
+    ) {
+      this.counters.authFailures += 1;
+      this.drop(peer, `bad AUTH signature from ${claimed.slice(0, 16)}...`, CloseReason.badAuth);
+      return;
+    }
+    const allowed = this.options.listen?.allowedIds;
+    if (peer.role === 'listener' && allowed && !allowed.has(claimed)) {
+      this.counters.unauthorized += 1;
+      this.drop(peer, `refused unauthorised node ${claimed}`, CloseReason.unauthorized);
+      return;
+    }
+    peer.id = claimed;
+    peer.attributes = msg.attributes;
+    peer.gotAuth = true;
+    const refusal = this.options.admit?.(peer) ?? null;
+    if (refusal !== null) {
+      this.drop(peer, `refused ${peer.label}: ${closeReasonText(refusal)}`, refusal);
+      return;
+    }
+    // One link per node id: a newer authenticated link replaces an older one.
+    for (const other of this.peers.values()) {
+      if (other !== peer && other.id === claimed && other.state === 'up') {
+        this.drop(other, 'replaced by a newer link from the same node', CloseReason.replaced);
+      }
+    }
+    peer.state = 'up';
+    peer.upSince = this.now();
+    this.counters.linksUp += 1;
+    const target = this.dialTargets.get(peer.key);
+    if (target) target.lastFailure = '';
+    this.log.info(`link up: ${peer.label} (${peer.role}, ${peer.session.cipher()})`);
+    this.options.onPeerUp?.(peer);
+  }
+
+  // --- sending -------------------------------------------------------------
+
+  /** Send one control message on a link in the auth or up state. */
+  private sendControl(peer: LinkPeer, message: Buffer): void {
+    if (peer.state === 'handshake' || peer.state === 'closed') return;
+    if (message.length + 2 > this.recordBuf.length) return;
+    this.recordBuf.writeUInt16BE(message.length, 0);
+    message.copy(this.recordBuf, 2);
+    const n = peer.session.sendBatch(this.recordBuf, message.length + 2, this.txBuf);
+    if (n > 0) this.transmit(peer, n);
+  }
+
+  private transmit(peer: LinkPeer, n: number): void {
+    this.options.transport.sendPacked(this.txBuf, n, peer.host, peer.port);
+    this.counters.txDatagrams += countPacked(this.txBuf, n);
+    peer.lastSentAt = this.now();
+  }
+
+  private flushHandshake(peer: LinkPeer): void {
+    for (;;) {
+      const n = peer.session.flush(this.txBuf);
+      if (n <= 0) return;
+      this.options.transport.sendPacked(this.txBuf, n, peer.host, peer.port);
+      this.counters.txDatagrams += countPacked(this.txBuf, n);
+    }
+  }
+
+  // --- lifecycle of links --------------------------------------------------
+
+  private connect(target: DialTarget): void {
+    if (this.peers.has(target.key)) return;
+    if (this.peers.size >= this.maxPeers) {
+      target.nextAttemptAt = this.now() + target.backoffMs;
+      return;
+    }
+    const session = this.ctx.connect();
+    const peer = new LinkPeer(
+      target.key,
+      target.host,
+      target.port,
+      'dialer',
+      session,
+      this.now(),
+      target.expectedId,
+    );
+    this.peers.set(target.key, peer);
+    this.pump(peer, null);
+  }
+
+  /**
+   * Tear a link down: optionally tell the peer why (an authenticated
+   * CLOSE), free its DTLS state, notify above, schedule a redial.
+   */
+  private drop(
+    peer: LinkPeer,
+    reason: string,
+    tellPeer: CloseReasonCode | null,
+    theirReason?: number,
+  ): void {
+    if (peer.state === 'closed') return;
+    const wasUp = peer.state === 'up';
+    if (tellPeer !== null) this.sendControl(peer, encodeClose(tellPeer));
+    peer.session.shutdown();
+    this.flushHandshake(peer);
+    peer.state = 'closed';
+    peer.session.free();
+    if (this.peers.get(peer.key) === peer) this.peers.delete(peer.key);
+    const target = this.dialTargets.get(peer.key);
+    if (target) {
+      const stable = wasUp && this.now() - peer.upSince > this.deadPeerAfterMs;
+      target.backoffMs = stable
+        ? C.RECONNECT_MIN_MS
+        : Math.min(target.backoffMs * 2, C.RECONNECT_MAX_MS);
+      target.nextAttemptAt = this.now() + (stable ? 0 : target.backoffMs);
+      if (target.lastFailure !== reason) {
+        target.lastFailure = reason;
+        this.log.warn(`link to ${peer.label} down: ${reason}; retrying`);
+      }
+      if (theirReason === CloseReason.unauthorized || theirReason === CloseReason.badAuth) {
+        target.backoffMs = C.RECONNECT_MAX_MS;
+      }
+    } else if (wasUp || peer.gotAuth || tellPeer === CloseReason.unauthorized) {
+      this.log.warn(`link to ${peer.label} down: ${reason}`);
+    }
+    if (wasUp) {
+      this.counters.linksDown += 1;
+      this.options.onPeerDown?.(peer, reason);
+    }
+  }
+
+  /** The one coarse timer: DTLS retransmission, timeouts, keepalive, redial. */
+  tick(): void {
+    const now = this.now();
+    if (now - this.cookieRotatedAt >= C.COOKIE_ROTATE_MS) {
+      const previous = this.cookieSecret;
+      this.cookieSecret = randomBytes(32);
+      this.ctx.setCookieSecrets(this.cookieSecret, previous);
+      this.cookieRotatedAt = now;
+    }
+    for (const peer of [...this.peers.values()]) {
+      if (peer.state === 'handshake') {
+        if (now - peer.createdAt > C.HANDSHAKE_TIMEOUT_MS) {
+          this.drop(peer, 'DTLS handshake timed out', null);
+          continue;
+        }
+        const t = peer.session.timeoutMs();
+        if (t === 0) {
+          if (peer.session.handleTimeout() < 0) {
+            this.drop(peer, 'DTLS handshake gave up', null);
+            continue;
+          }
+          this.flushHandshake(peer);
+        }
+      } else if (peer.state === 'auth') {
+        if (now - peer.createdAt > C.HANDSHAKE_TIMEOUT_MS + C.AUTH_TIMEOUT_MS) {
+          this.drop(peer, 'peer never authenticated', null);
+          continue;
+        }
+        if (now - peer.lastAuthSentAt >= C.AUTH_RESEND_MS) this.sendAuth(peer);
+      } else if (peer.state === 'up') {
+        if (now - peer.lastReceivedAt > this.deadPeerAfterMs) {
+          this.drop(
+            peer,
+            `peer dead: nothing heard for ${Math.round((now - peer.lastReceivedAt) / 1000)} s`,
+            null,
+          );
+          continue;
+        }
+        if (now - peer.lastSentAt >= this.keepaliveIntervalMs) this.sendControl(peer, KEEPALIVE);
+      }
+    }
+    for (const target of this.dialTargets.values()) {
+      if (!this.peers.has(target.key) && now >= target.nextAttemptAt) {
+        target.nextAttemptAt = now + target.backoffMs;
+        this.connect(target);
+      }
+    }
+  }
+
+  /** A summary for status output. */
+  describe(): object {
+    return {
+      address: this.options.transport.address(),
+      counters: this.counters,
+      peers: [...this.peers.values()].map((p) => ({
+        id: p.id,
+        address: formatHostPort(p.host, p.port),
+        role: p.role,
+        state: p.state,
+        cipher: p.state === 'up' ? p.session.cipher() : null,
+        upForMs: p.state === 'up' ? this.now() - p.upSince : 0,
+        lastHeardMsAgo: this.now() - p.lastReceivedAt,
+        rxPackets: p.rxPackets,
+        txPackets: p.txPackets,
+        rxBytes: p.rxBytes,
+        txBytes: p.txBytes,
+      })),
+      dialing: [...this.dialTargets.values()].map((t) => ({
+        address: formatHostPort(t.host, t.port),
+        expectedId: t.expectedId,
+        lastFailure: t.lastFailure || null,
+      })),
+    };
+  }
+}
+
+function peerKey(host: string, port: number): string {
+  return `${host}|${port}`;
+}
+
+/** Number of entries in a packed batch. */
+export function countPacked(buf: Buffer, len: number): number {
+  let o = 0;
+  let count = 0;
+  while (o + 2 <= len) {
+    o += 2 + buf.readUInt16BE(o);
+    if (o > len) break;
+    count += 1;
+  }
+  return count;
+}
+
+/**
+ * True if a datagram starts with a DTLS handshake record of epoch 0 that
+ * holds a ClientHello: content type 22, epoch bytes 3-4 zero, handshake
+ * type 1 at byte 13.
+ */
+export function isClientHello(d: Buffer): boolean {
+  return d.length > 13 && d[0] === 22 && d[3] === 0 && d[4] === 0 && d[13] === 1;
+}

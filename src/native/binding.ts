@@ -1,0 +1,181 @@
+/**
+ * Loader and type contract for the two small native addons.
+ *
+ * shallot_dtls: OpenSSL's DTLS 1.2 (the OpenSSL that Node carries) over a
+ * custom datagram BIO. JavaScript owns the UDP socket; the addon only turns
+ * datagrams into records and back. It owns no policy: which peer may
+ * connect, what identity is expected and what the bytes mean are decided
+ * above it.
+ *
+ * shallot_tun: open a Linux TUN device and move batches of packets between
+ * it and JavaScript, polled by libuv on Node's own loop.
+ *
+ * Packed batches: everywhere a batch of packets or datagrams crosses the
+ * boundary it is one Buffer holding, back to back, [u16 big-endian length]
+ * [bytes]. One call per batch, no object per packet.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface DtlsContextOptions {
+  /** PEM of the link certificate (ECDSA P-256, self-signed). */
+  certPem: string;
+  /** PEM of its private key. */
+  keyPem: string;
+  /**
+   * Largest datagram DTLS may emit (bytes of UDP payload). Records and
+   * handshake fragments never exceed it.
+   */
+  mtu: number;
+}
+
+/** Results of DtlsContext.listen. */
+export const LISTEN_DROP = 0;
+/** listen() returned a positive byte count: a HelloVerifyRequest to send back. */
+export const LISTEN_VERIFIED = -2;
+
+export interface NativeDtlsContext {
+  /**
+   * Install the cookie secrets (32 bytes each). Cookies are HMAC-SHA256 over
+   * the peer key under `current`; a cookie made under `previous` still
+   * verifies, so rotation never rejects a handshake in flight.
+   */
+  setCookieSecrets(current: Buffer, previous: Buffer | null): void;
+  /**
+   * Stateless listen step for one datagram from a peer with no session.
+   * `peerKey` identifies the remote address (any bytes, e.g. "ip:port").
+   * Returns n > 0: a HelloVerifyRequest of n bytes was written to `out`;
+   * LISTEN_DROP (0): nothing to do (not a ClientHello, bad cookie, garbage);
+   * LISTEN_VERIFIED (-2): the ClientHello carried a valid cookie: call
+   * accept() now to get the server session that continues it.
+   * Allocates no per-peer state in any case but LISTEN_VERIFIED.
+   */
+  listen(datagram: Buffer, peerKey: Buffer, out: Buffer): number;
+  /** The session for the ClientHello that listen() just verified. */
+  accept(): NativeDtlsSession;
+  /** A client (dialer) session; call pump() to emit the ClientHello. */
+  connect(): NativeDtlsSession;
+}
+
+export interface NativeDtlsSession {
+  /**
+   * Feed one received datagram (or null to just drive the handshake).
+   * Decrypted application records are written to `out` packed
+   * ([u16 len][bytes] each). Returns the number of bytes written to `out`
+   * (0 if none), or -1 when the session has failed or been closed by the
+   * peer (see error()). Bad or replayed records are dropped silently by
+   * DTLS and do not fail the session.
+   */
+  receive(datagram: Buffer | null, out: Buffer): number;
+  /**
+   * Encrypt a packed batch (`len` bytes of `packed`), one record per
+   * packet, and write the resulting datagrams packed into `out`. Returns
+   * bytes written to `out`, or -1 if the session is not established or
+   * failed. Packets larger than maxPlaintext() are skipped.
+   */
+  sendBatch(packed: Buffer, len: number, out: Buffer): number;
+  /**
+   * Move datagrams DTLS queued on its own (handshake flights,
+   * retransmissions, alerts) into `out`, packed. Returns bytes written
+   * (0 if none). What does not fit stays queued.
+   */
+  flush(out: Buffer): number;
+  /** ms until handleTimeout() should run, or -1 if no timer is armed. */
+  timeoutMs(): number;
+  /** Run DTLS's retransmission timer; returns -1 if the handshake gave up. */
+  handleTimeout(): number;
+  /** True once the handshake has completed. */
+  established(): boolean;
+  /** Largest plaintext one record may carry without exceeding the mtu. */
+  maxPlaintext(): number;
+  /** DER of the peer's certificate, or null before the handshake is done. */
+  peerCertificate(): Buffer | null;
+  /** RFC 5705 exporter: `length` bytes under `label`, no context. */
+  exportKeyingMaterial(label: string, length: number): Buffer;
+  /** Negotiated cipher suite name (OpenSSL name). */
+  cipher(): string;
+  /** Last error text (OpenSSL reason or alert), or '' if none. */
+  error(): string;
+  /** Queue a close_notify (then flush()), and stop accepting records. */
+  shutdown(): void;
+  /** Free the SSL object now (idempotent; also happens on GC). */
+  free(): void;
+}
+
+export interface NativeDtls {
+  DtlsContext: new (options: DtlsContextOptions) => NativeDtlsContext;
+  /** A fresh ECDSA P-256 key and a self-signed certificate for it (PEM). */
+  generateCertificate(): { keyPem: string; certPem: string };
+  /** SHA-256 of the DER of a PEM certificate. */
+  certificateFingerprint(certPem: string): Buffer;
+  /** DER of a PEM certificate. */
+  certificateDer(certPem: string): Buffer;
+}
+
+export interface NativeTun {
+  /**
+   * Open /dev/net/tun as IFF_TUN | IFF_NO_PI, non-blocking, with the given
+   * name (may contain %d). Returns the fd and the name the kernel chose.
+   */
+  open(name: string): { fd: number; name: string };
+  /**
+   * Start polling `fd` on Node's loop. On every wake-up up to `maxBatch`
+   * packets are read into one reused Buffer, packed, and `onPackets(buf,
+   * len, count)` is called once; `buf` is only valid during the call.
+   * Packets longer than `maxPacket` are dropped and counted.
+   */
+  startReading(
+    fd: number,
+    maxBatch: number,
+    maxPacket: number,
+    onPackets: (buf: Buffer, len: number, count: number) => void,
+  ): void;
+  /** Stop polling `fd` (idempotent). */
+  stopReading(fd: number): void;
+  /**
+   * Write a packed batch of `len` bytes, one write() per packet. Returns
+   * the number of packets written; those refused with EAGAIN are dropped.
+   */
+  writeBatch(fd: number, packed: Buffer, len: number): number;
+  /** Counters of the reader: packets read, dropped (too long), read errors. */
+  stats(fd: number): {
+    read: number;
+    oversize: number;
+    errors: number;
+    /** Packets writeBatch() wrote to this fd. */
+    written: number;
+    /** Packets writeBatch() dropped because the kernel said EAGAIN/ENOBUFS. */
+    writeDropped: number;
+    /** Packets the kernel refused otherwise (e.g. EINVAL: not IPv4/IPv6; EIO: link down). */
+    writeErrors: number;
+    /**
+     * True while the fd is polled. A read error that cannot clear (device
+     * deleted, bad fd) stops polling by itself: `errors` grows, this turns
+     * false and `lastError` says why; stopReading()/close() as usual.
+     */
+    reading: boolean;
+    /** strerror() of the last read error, or '' if none. */
+    lastError: string;
+  };
+  /** Close the fd (stops polling first). */
+  close(fd: number): void;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+// dist/src/native -> repository root
+const root = path.resolve(here, '..', '..', '..');
+const require = createRequire(import.meta.url);
+
+let dtls: NativeDtls | undefined;
+let tun: NativeTun | undefined;
+
+export function loadDtls(): NativeDtls {
+  dtls ??= require(path.join(root, 'build', 'Release', 'shallot_dtls.node')) as NativeDtls;
+  return dtls;
+}
+
+export function loadTun(): NativeTun {
+  tun ??= require(path.join(root, 'build', 'Release', 'shallot_tun.node')) as NativeTun;
+  return tun;
+}

@@ -1,0 +1,18 @@
+// The part of sodium-native's API that shallot uses (the package ships no
+// type declarations). Every function writes into caller-provided buffers.
+declare module 'sodium-native' {
+  export const crypto_sign_SEEDBYTES: number;
+  export const crypto_sign_PUBLICKEYBYTES: number;
+  export const crypto_sign_SECRETKEYBYTES: number;
+  export const crypto_sign_BYTES: number;
+  export const crypto_scalarmult_BYTES: number;
+  export const crypto_scalarmult_SCALARBYTES: number;
+  export function crypto_sign_seed_keypair(pk: Buffer, sk: Buffer, seed: Buffer): void;
+  export function crypto_sign_detached(sig: Buffer, message: Buffer, sk: Buffer): void;
+  export function crypto_sign_verify_detached(sig: Buffer, message: Buffer, pk: Buffer): boolean;
+  export function crypto_scalarmult_base(q: Buffer, n: Buffer): void;
+  export function crypto_scalarmult(q: Buffer, n: Buffer, p: Buffer): void;
+  export function randombytes_buf(buf: Buffer): void;
+  export function sodium_memzero(buf: Buffer): void;
+  export function sodium_malloc(size: number): Buffer;
+}

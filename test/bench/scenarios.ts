@@ -1,0 +1,439 @@
+/**
+ * Benchmark scenarios.
+ *
+ * Every scenario runs on the same base: two namespaces A and B joined by a
+ * veth pair (10.90.0.1/24 and 10.90.0.2/24). A scenario builds whatever it
+ * measures on top of that base in setup() (a tunnel, more namespaces for
+ * relays, ...) and says where to measure: iperf3 server and ping target in
+ * serverNs at `target`, client in clientNs. teardown() undoes setup(); it
+ * must be safe to call after a setup() that failed halfway, and it runs
+ * before the next scenario so that one tunnel's processes never compete for
+ * CPU with the next one's measurement.
+ *
+ * To add a scenario (e.g. a 3-hop onion circuit), write a factory like the
+ * ones below and append it to defaultScenarios(). Namespaces it creates
+ * with lab.ns() are deleted by Lab.cleanup() at the end of the run; state
+ * outside namespaces (files, sockets) goes in base.tmpDir or is registered
+ * with base.onCleanup() so that an interrupted run removes it too.
+ */
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { waitFor, type Lab } from '../helpers/netns.js';
+import { oneLine, pingOnce, runIperf3, runPing } from './measure.js';
+
+export interface BenchNode {
+  /** Full namespace name. */
+  ns: string;
+  /** Name of its veth end. */
+  ifname: string;
+  /** Its underlay address on the veth (no prefix length). */
+  addr: string;
+}
+
+export interface Base {
+  a: BenchNode;
+  b: BenchNode;
+  /** Root of the repository (where dist/ is). */
+  repoRoot: string;
+  /** Private scratch directory of this run, removed at the end. */
+  tmpDir: string;
+  /** Register a synchronous cleanup for state outside the namespaces; runs at exit and on SIGINT. */
+  onCleanup(fn: () => void): void;
+}
+
+export interface Endpoints {
+  /** Address measured against (iperf3 server and ping target), inside serverNs. */
+  target: string;
+  serverNs: string;
+  clientNs: string;
+}
+
+export interface Scenario {
+  name: string;
+  /** Commands the scenario needs on PATH; it is reported failed without them. */
+  requires?: string[];
+  setup(lab: Lab, base: Base): Promise<Endpoints>;
+  teardown(lab: Lab, base: Base): Promise<void>;
+}
+
+export interface ScenarioResult {
+  /** TCP throughput of each iperf3 run, Mbit/s. */
+  mbps: number[];
+  /** RTT of each ping reply, ms. */
+  rttMs: number[];
+  /** ping's own average RTT, ms. */
+  rttAvgMs: number;
+}
+
+export interface RunOptions {
+  iperfRuns: number;
+  iperfSeconds: number;
+  pingCount: number;
+  pingIntervalS: number;
+  /** Progress output (one line per step). */
+  log(line: string): void;
+}
+
+export const SCENARIO_PLAIN = 'plain-veth';
+export const SCENARIO_WIREGUARD = 'wireguard-go';
+export const SCENARIO_SHALLOT_DIRECT = 'shallot-direct';
+
+const BASE_A = { short: 'a', ifname: 'veth0', addr: '10.90.0.1', prefix: 24 };
+const BASE_B = { short: 'b', ifname: 'veth0', addr: '10.90.0.2', prefix: 24 };
+
+/** Build the two namespaces and the veth pair between them. */
+export function createBase(
+  lab: Lab,
+  repoRoot: string,
+  tmpDir: string,
+  onCleanup: (fn: () => void) => void,
+): Base {
+  const nsA = lab.ns(BASE_A.short);
+  const nsB = lab.ns(BASE_B.short);
+  lab.veth(
+    nsA,
+    BASE_A.ifname,
+    `${BASE_A.addr}/${BASE_A.prefix}`,
+    nsB,
+    BASE_B.ifname,
+    `${BASE_B.addr}/${BASE_B.prefix}`,
+  );
+  return {
+    a: { ns: nsA, ifname: BASE_A.ifname, addr: BASE_A.addr },
+    b: { ns: nsB, ifname: BASE_B.ifname, addr: BASE_B.addr },
+    repoRoot,
+    tmpDir,
+    onCleanup,
+  };
+}
+
+/** Set up a scenario, measure RTT then throughput over it, tear it down. */
+export async function runScenario(
+  lab: Lab,
+  base: Base,
+  scenario: Scenario,
+  opts: RunOptions,
+): Promise<ScenarioResult> {
+  try {
+    const ep = await scenario.setup(lab, base);
+    const ping = await runPing(lab, ep.clientNs, ep.target, {
+      count: opts.pingCount,
+      intervalS: opts.pingIntervalS,
+    });
+    opts.log(
+      `  ping: ${ping.received}/${ping.transmitted} replies, median ${ping.medianMs.toFixed(3)} ms`,
+    );
+    const mbps: number[] = [];
+    for (let i = 0; i < opts.iperfRuns; i++) {
+      const m = await runIperf3(lab, ep.serverNs, ep.clientNs, ep.target, {
+        seconds: opts.iperfSeconds,
+      });
+      opts.log(`  iperf3 run ${i + 1}/${opts.iperfRuns}: ${m.toFixed(0)} Mbit/s`);
+      mbps.push(m);
+    }
+    return { mbps, rttMs: ping.times, rttAvgMs: ping.avgMs };
+  } finally {
+    await scenario.teardown(lab, base);
+  }
+}
+
+/** Delete a link in a namespace if it still exists. */
+function dropLink(lab: Lab, ns: string, ifname: string): void {
+  try {
+    lab.sh(ns, `ip link show dev ${ifname} >/dev/null 2>&1 && ip link del dev ${ifname} || true`);
+  } catch {
+    /* namespace gone */
+  }
+}
+
+function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+/** Last `n` non-empty lines of a process's output, on one line. */
+function tail(text: string, n = 3): string {
+  return oneLine(
+    text
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .slice(-n)
+      .join(' | '),
+    200,
+  );
+}
+
+// ---------------------------------------------------------------------------
+// plain veth
+// ---------------------------------------------------------------------------
+
+export function plainVeth(): Scenario {
+  return {
+    name: SCENARIO_PLAIN,
+    async setup(lab, base) {
+      await waitFor('veth to pass traffic', () => pingOnce(lab, base.a.ns, base.b.addr), 5000);
+      return { target: base.b.addr, serverNs: base.b.ns, clientNs: base.a.ns };
+    },
+    async teardown() {
+      /* the base is removed by Lab.cleanup */
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// wireguard-go
+// ---------------------------------------------------------------------------
+
+const WG_SOCKET_DIR = '/var/run/wireguard';
+const WG_PORT_A = 51820;
+const WG_PORT_B = 51821;
+
+/**
+ * A key pair; the private key goes to a file (mode 0600) for `wg set ...
+ * private-key FILE` (/dev/stdin does not work: Node's stdio are sockets).
+ */
+function wgKeyPair(keyFile: string): { keyFile: string; pub: string } {
+  const priv = execFileSync('wg', ['genkey'], { encoding: 'utf8' }).trim();
+  const pub = execFileSync('wg', ['pubkey'], { encoding: 'utf8', input: `${priv}\n` }).trim();
+  writeFileSync(keyFile, `${priv}\n`, { mode: 0o600 });
+  return { keyFile, pub };
+}
+
+export function wireguardGo(): Scenario {
+  // wireguard-go's control sockets live in /var/run/wireguard, shared by
+  // all namespaces: interface names must differ across namespaces (and
+  // across concurrent runs, hence the pid).
+  const tag = process.pid % 100000;
+  const ifA = `wgb${tag}a`;
+  const ifB = `wgb${tag}b`;
+  const procs: { ns: string; ifname: string; child: ChildProcess }[] = [];
+  const removeSockets = (): void => {
+    for (const ifname of [ifA, ifB]) {
+      rmSync(path.join(WG_SOCKET_DIR, `${ifname}.sock`), { force: true });
+    }
+  };
+  let hookRegistered = false;
+  let keyDir = '';
+
+  async function startDaemon(lab: Lab, ns: string, ifname: string): Promise<void> {
+    const child = lab.spawn(ns, 'env', ['WG_PROCESS_FOREGROUND=1', 'wireguard-go', ifname]);
+    procs.push({ ns, ifname, child });
+    await waitFor(
+      `wireguard-go ${ifname}`,
+      () => {
+        if (exited(child))
+          throw new Error(`wireguard-go ${ifname} exited: ${tail(child.output())}`);
+        return existsSync(path.join(WG_SOCKET_DIR, `${ifname}.sock`));
+      },
+      10_000,
+      50,
+    );
+  }
+
+  async function configure(
+    lab: Lab,
+    ns: string,
+    ifname: string,
+    keyFile: string,
+    port: number,
+    peerPub: string,
+    endpoint: string,
+    peerInner: string,
+    inner: string,
+  ): Promise<void> {
+    const out = await lab.exec(
+      ns,
+      'wg',
+      [
+        'set',
+        ifname,
+        'listen-port',
+        String(port),
+        'private-key',
+        keyFile,
+        'peer',
+        peerPub,
+        'endpoint',
+        endpoint,
+        'allowed-ips',
+        `${peerInner}/32`,
+      ],
+      10_000,
+    );
+    if (out.code !== 0) throw new Error(`wg set ${ifname}: ${oneLine(out.stderr || out.stdout)}`);
+    lab.sh(ns, `ip addr add ${inner}/24 dev ${ifname} && ip link set ${ifname} mtu 1420 up`);
+  }
+
+  return {
+    name: SCENARIO_WIREGUARD,
+    requires: ['wireguard-go', 'wg'],
+    async setup(lab, base) {
+      if (!hookRegistered) {
+        base.onCleanup(removeSockets);
+        hookRegistered = true;
+      }
+      removeSockets(); // stale ones of a crashed run with the same pid
+      keyDir = path.join(base.tmpDir, 'wireguard');
+      mkdirSync(keyDir, { recursive: true, mode: 0o700 });
+      const ka = wgKeyPair(path.join(keyDir, 'a.key'));
+      const kb = wgKeyPair(path.join(keyDir, 'b.key'));
+      await startDaemon(lab, base.a.ns, ifA);
+      await startDaemon(lab, base.b.ns, ifB);
+      const innerA = '10.91.0.1';
+      const innerB = '10.91.0.2';
+      await configure(
+        lab,
+        base.a.ns,
+        ifA,
+        ka.keyFile,
+        WG_PORT_A,
+        kb.pub,
+        `${base.b.addr}:${WG_PORT_B}`,
+        innerB,
+        innerA,
+      );
+      await configure(
+        lab,
+        base.b.ns,
+        ifB,
+        kb.keyFile,
+        WG_PORT_B,
+        ka.pub,
+        `${base.a.addr}:${WG_PORT_A}`,
+        innerA,
+        innerB,
+      );
+      await waitFor('wireguard-go tunnel', () => pingOnce(lab, base.a.ns, innerB), 10_000);
+      return { target: innerB, serverNs: base.b.ns, clientNs: base.a.ns };
+    },
+    async teardown(lab) {
+      for (const p of procs.splice(0)) {
+        await lab.stop(p.child, 2000);
+        dropLink(lab, p.ns, p.ifname);
+      }
+      removeSockets();
+      if (keyDir) rmSync(keyDir, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// shallot, direct mode (one link, no relays)
+// ---------------------------------------------------------------------------
+
+const SHALLOT_PORT = 7000;
+const SHALLOT_UP_TIMEOUT_MS = 20_000;
+
+export function shallotDirect(): Scenario {
+  const procs: { ns: string; dev: string; child: ChildProcess }[] = [];
+  let stateRoot = '';
+
+  async function keygen(lab: Lab, ns: string, cli: string, dir: string): Promise<string> {
+    const out = await lab.exec(ns, process.execPath, [cli, 'keygen', '--state', dir], 30_000);
+    if (out.code !== 0) {
+      throw new Error(`shallot keygen exited ${out.code}: ${tail(out.stderr || out.stdout)}`);
+    }
+    const id = out.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      .pop();
+    if (!id) throw new Error('shallot keygen printed no node id');
+    return id;
+  }
+
+  return {
+    name: SCENARIO_SHALLOT_DIRECT,
+    async setup(lab, base) {
+      const cli = path.join(base.repoRoot, 'dist', 'src', 'cli', 'main.js');
+      if (!existsSync(cli)) {
+        throw new Error(`shallot CLI not built (${path.relative(base.repoRoot, cli)} missing)`);
+      }
+      stateRoot = path.join(base.tmpDir, 'shallot');
+      const dirA = path.join(stateRoot, 'a');
+      const dirB = path.join(stateRoot, 'b');
+      mkdirSync(dirA, { recursive: true, mode: 0o700 });
+      mkdirSync(dirB, { recursive: true, mode: 0o700 });
+      const idA = await keygen(lab, base.a.ns, cli, dirA);
+      const idB = await keygen(lab, base.b.ns, cli, dirB);
+      const innerA = '10.92.0.1';
+      const innerB = '10.92.0.2';
+      const devA = 'sha0';
+      const devB = 'shb0';
+
+      const server = lab.spawn(base.b.ns, process.execPath, [
+        cli,
+        'tunnel',
+        '--state',
+        dirB,
+        '--listen',
+        `${base.b.addr}:${SHALLOT_PORT}`,
+        '--address',
+        `${innerB}/24`,
+        '--peer',
+        idA,
+        '--dev',
+        devB,
+      ]);
+      procs.push({ ns: base.b.ns, dev: devB, child: server });
+      const client = lab.spawn(base.a.ns, process.execPath, [
+        cli,
+        'tunnel',
+        '--state',
+        dirA,
+        '--connect',
+        `${base.b.addr}:${SHALLOT_PORT}`,
+        '--peer',
+        idB,
+        '--address',
+        `${innerA}/24`,
+        '--dev',
+        devA,
+      ]);
+      procs.push({ ns: base.a.ns, dev: devA, child: client });
+
+      try {
+        await waitFor(
+          'shallot tunnel',
+          async () => {
+            for (const [role, p] of [
+              ['listener (B)', server],
+              ['connector (A)', client],
+            ] as const) {
+              if (exited(p)) {
+                const how = p.exitCode !== null ? `code ${p.exitCode}` : `signal ${p.signalCode}`;
+                throw new Error(`shallot ${role} exited (${how}): ${tail(p.output())}`);
+              }
+            }
+            return pingOnce(lab, base.a.ns, innerB);
+          },
+          SHALLOT_UP_TIMEOUT_MS,
+          200,
+        );
+      } catch (err) {
+        const msg = err instanceof Error ? err.message : String(err);
+        if (msg.startsWith('timed out')) {
+          throw new Error(
+            `no ping to ${innerB} within ${SHALLOT_UP_TIMEOUT_MS / 1000} s; ` +
+              `B: ${tail(server.output(), 2) || '(no output)'}; ` +
+              `A: ${tail(client.output(), 2) || '(no output)'}`,
+          );
+        }
+        throw err;
+      }
+      return { target: innerB, serverNs: base.b.ns, clientNs: base.a.ns };
+    },
+    async teardown(lab) {
+      for (const p of procs.splice(0).reverse()) {
+        await lab.stop(p.child, 3000);
+        dropLink(lab, p.ns, p.dev);
+      }
+      if (stateRoot) rmSync(stateRoot, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The scenarios `npm run bench` runs, in order. */
+export function defaultScenarios(): Scenario[] {
+  return [plainVeth(), wireguardGo(), shallotDirect()];
+}
