@@ -124,6 +124,11 @@ export interface NativeTun {
    * packets are read into one reused Buffer, packed, and `onPackets(buf,
    * len, count)` is called once; `buf` is only valid during the call.
    * Packets longer than `maxPacket` are dropped and counted.
+   * Limits: maxBatch 1..4096, maxPacket 1..65535, maxBatch * (maxPacket + 2)
+   * <= 64 MiB. Throws (code ERR_TUN_ALREADY_READING) if `fd` is already
+   * being read. An fd not from open() (e.g. inherited) is adopted. If
+   * onPackets throws, the error goes to process 'uncaughtException' and
+   * reading goes on. stopReading()/close() may be called from onPackets.
    */
   startReading(
     fd: number,
@@ -136,6 +141,9 @@ export interface NativeTun {
   /**
    * Write a packed batch of `len` bytes, one write() per packet. Returns
    * the number of packets written; those refused with EAGAIN are dropped.
+   * A malformed batch (a length running past `len`) throws RangeError and
+   * writes nothing; zero-length packets are skipped; packets the kernel
+   * refuses otherwise are counted in stats().writeErrors.
    */
   writeBatch(fd: number, packed: Buffer, len: number): number;
   /** Counters of the reader: packets read, dropped (too long), read errors. */
@@ -158,7 +166,11 @@ export interface NativeTun {
     /** strerror() of the last read error, or '' if none. */
     lastError: string;
   };
-  /** Close the fd (stops polling first). */
+  /**
+   * Close the fd (stops polling first). stats() and close() throw (code
+   * ERR_TUN_UNKNOWN_FD) for an fd this addon did not open or read, so a
+   * second close() cannot close an unrelated file that reused the number.
+   */
   close(fd: number): void;
 }
 

@@ -151,12 +151,16 @@ function exited(child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null;
 }
 
-/** Last `n` non-empty lines of a process's output, on one line. */
+/**
+ * Last `n` meaningful lines of a process's output, on one line: empty lines,
+ * stack frames and Node's version trailer are left out, so a crash reads as
+ * its error message.
+ */
 function tail(text: string, n = 3): string {
   return oneLine(
     text
       .split('\n')
-      .filter((l) => l.trim() !== '')
+      .filter((l) => l.trim() !== '' && !/^\s+at /.test(l) && !/^Node\.js v\d/.test(l))
       .slice(-n)
       .join(' | '),
     200,

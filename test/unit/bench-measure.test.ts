@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { median, oneLine, parseIperf3Json, parsePingOutput, summarize } from './measure.js';
+import { median, oneLine, parseIperf3Json, parsePingOutput, summarize } from '../bench/measure.js';
 
 const PING_OK = `PING 10.90.0.2 (10.90.0.2) 56(84) bytes of data.
 64 bytes from 10.90.0.2: icmp_seq=1 ttl=64 time=0.081 ms

@@ -1,0 +1,374 @@
+/*
+ * Standalone harness for dtls_core.c, built with ASan/UBSan (run-asan.sh)
+ * against the system libssl: handshakes, data, replays, garbage, cookie
+ * rotation, timeouts and teardown in every order. Exits 0 when all pass.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../src/native/dtls_core.h"
+
+#define CHECK(cond)                                                             \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      exit(1);                                                                  \
+    }                                                                           \
+  } while (0)
+
+#define BUF 65536
+static uint8_t out[BUF], app[BUF], hvr[4096];
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rnd(void) { /* xorshift64: reproducible garbage */
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (uint32_t)(rng >> 16);
+}
+
+typedef struct {
+  char *key, *cert;
+} ident;
+
+static ident make_ident(void) {
+  ident id;
+  CHECK(dtls_generate_certificate(&id.key, &id.cert) == 0);
+  return id;
+}
+
+static dtls_ctx *make_ctx(const ident *id, int mtu) {
+  char err[256];
+  dtls_ctx *c = dtls_ctx_new(id->cert, strlen(id->cert), id->key, strlen(id->key), mtu, err, sizeof err);
+  if (c == NULL) fprintf(stderr, "ctx: %s\n", err);
+  CHECK(c != NULL);
+  return c;
+}
+
+/* Iterate packed datagrams: *off advances; returns length or -1 at the end. */
+static int next_dgram(const uint8_t *p, int len, int *off, const uint8_t **d) {
+  if (*off + 2 > len) return -1;
+  int n = p[*off] << 8 | p[*off + 1];
+  CHECK(*off + 2 + n <= len);
+  *d = p + *off + 2;
+  *off += 2 + n;
+  return n;
+}
+
+/* Move everything `from` has queued into `to`; returns datagrams moved. */
+static int shuttle(dtls_sess *from, dtls_sess *to) {
+  static uint8_t q[BUF];
+  int len = dtls_sess_flush(from, q, sizeof q), off = 0, count = 0, n;
+  const uint8_t *d;
+  while ((n = next_dgram(q, len, &off, &d)) >= 0) {
+    CHECK(dtls_sess_receive(to, d, (size_t)n, app, sizeof app) >= 0);
+    count++;
+  }
+  return count;
+}
+
+/* Client hello(s) through listen() until verified; returns the accepted session. */
+static dtls_sess *listen_until_verified(dtls_ctx *sc, dtls_sess *c, const char *peer) {
+  for (int round = 0; round < 4; round++) {
+    int len = dtls_sess_flush(c, out, sizeof out), off = 0, n;
+    const uint8_t *d;
+    while ((n = next_dgram(out, len, &off, &d)) >= 0) {
+      int r = dtls_ctx_listen(sc, d, (size_t)n, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr);
+      if (r == DTLS_LISTEN_VERIFIED) {
+        dtls_sess *s = dtls_ctx_accept(sc);
+        CHECK(s != NULL);
+        CHECK(dtls_ctx_accept(sc) == NULL); /* only once per verified hello */
+        CHECK(dtls_sess_pump(s) == 0);
+        return s;
+      }
+      CHECK(r > 0); /* a HelloVerifyRequest */
+      CHECK(dtls_sess_receive(c, hvr, (size_t)r, app, sizeof app) == 0);
+    }
+  }
+  return NULL;
+}
+
+static void finish(dtls_sess *c, dtls_sess *s) {
+  for (int i = 0; i < 10 && !(dtls_sess_established(c) && dtls_sess_established(s)); i++) {
+    shuttle(s, c);
+    shuttle(c, s);
+  }
+  CHECK(dtls_sess_established(c) && dtls_sess_established(s));
+  shuttle(s, c); /* nothing must be left in flight */
+}
+
+static void handshake(dtls_ctx *sc, dtls_ctx *cc, const char *peer, dtls_sess **cs, dtls_sess **ss) {
+  dtls_sess *c = dtls_ctx_connect(cc);
+  CHECK(c != NULL && dtls_sess_pump(c) == 0);
+  dtls_sess *s = listen_until_verified(sc, c, peer);
+  CHECK(s != NULL);
+  finish(c, s);
+  *cs = c;
+  *ss = s;
+}
+
+/* Send one packet a -> b and check it arrives intact. Returns the datagram. */
+static int send_one(dtls_sess *a, dtls_sess *b, const uint8_t *p, int n, uint8_t *dg) {
+  static uint8_t packed[BUF];
+  packed[0] = (uint8_t)(n >> 8);
+  packed[1] = (uint8_t)n;
+  memcpy(packed + 2, p, (size_t)n);
+  int len = dtls_sess_send_batch(a, packed, (size_t)n + 2, out, sizeof out), off = 0;
+  const uint8_t *d;
+  int dl = next_dgram(out, len, &off, &d);
+  CHECK(dl > n && off == len);
+  memcpy(dg, d, (size_t)dl);
+  int r = dtls_sess_receive(b, dg, (size_t)dl, app, sizeof app);
+  CHECK(r == n + 2 && (app[0] << 8 | app[1]) == n && memcmp(app + 2, p, (size_t)n) == 0);
+  return dl;
+}
+
+static void test_session_basics(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  dtls_sess *c, *s;
+  uint8_t dg[2048], msg[1400], der[4096], e1[32], e2[32], fp[32];
+  handshake(sc, cc, "10.0.0.1:1", &c, &s);
+
+  /* peer certificates, fingerprints and exporters agree */
+  int n = dtls_sess_peer_cert(c, der, sizeof der);
+  CHECK(n > 0 && n == dtls_certificate_der(a->cert, strlen(a->cert), NULL, 0));
+  CHECK(dtls_sess_peer_cert(c, der, 4) == n); /* too small: length only */
+  CHECK(dtls_sess_peer_cert(s, NULL, 0) == dtls_certificate_der(b->cert, strlen(b->cert), NULL, 0));
+  CHECK(dtls_certificate_fingerprint(a->cert, strlen(a->cert), fp) == 0);
+  CHECK(dtls_certificate_der("junk", 4, der, sizeof der) == -1);
+  CHECK(dtls_sess_export(c, "EXPORTER-x", 10, e1, sizeof e1) == 0);
+  CHECK(dtls_sess_export(s, "EXPORTER-x", 10, e2, sizeof e2) == 0);
+  CHECK(memcmp(e1, e2, sizeof e1) == 0);
+  CHECK(strstr(dtls_sess_cipher(c), "ECDHE-ECDSA-") == dtls_sess_cipher(c));
+  int max = dtls_sess_max_plaintext(c);
+  CHECK(max >= 1400 - 37 && max <= 1400 - 29);
+
+  /* data both ways, replay and tamper dropped, session unharmed */
+  for (int i = 0; i < (int)sizeof msg; i++) msg[i] = (uint8_t)rnd();
+  int dl = send_one(c, s, msg, max, dg);
+  CHECK(dtls_sess_receive(s, dg, (size_t)dl, app, sizeof app) == 0); /* replay */
+  dl = send_one(s, c, msg, 100, dg);
+  dg[dl - 3] ^= 0x40;
+  CHECK(dtls_sess_receive(c, dg, (size_t)dl, app, sizeof app) == 0); /* tampered */
+  send_one(s, c, msg, 7, dg);
+
+  /* oversize packets skipped, truncated batch tail ignored */
+  static uint8_t packed[4096];
+  packed[0] = (uint8_t)((max + 1) >> 8);
+  packed[1] = (uint8_t)(max + 1);
+  packed[max + 3] = 0;
+  packed[max + 4] = 50; /* claims 50 bytes, has 3 */
+  CHECK(dtls_sess_send_batch(c, packed, (size_t)max + 8, out, sizeof out) == 0);
+  /* a record that does not fit the caller's out is dropped, not overflowed */
+  dl = send_one(c, s, msg, 300, dg);
+  dl = send_one(c, s, msg, 301, dg);
+  CHECK(dtls_sess_receive(s, dg, (size_t)dl, app, 100) == 0); /* replay anyway: 0 */
+
+  /* garbage, truncations and bit flips into an established session */
+  for (int i = 0; i < 10000; i++) {
+    uint8_t g[1600];
+    int gl;
+    if (i % 3 == 0) {
+      gl = (int)(rnd() % sizeof g);
+      for (int j = 0; j < gl; j++) g[j] = (uint8_t)rnd();
+    } else {
+      memcpy(g, dg, (size_t)dl);
+      gl = i % 3 == 1 ? (int)(rnd() % (unsigned)dl) : dl;
+      if (i % 3 == 2) g[rnd() % (unsigned)dl] ^= (uint8_t)(1 + rnd() % 255);
+    }
+    CHECK(dtls_sess_receive(s, g, (size_t)gl, app, sizeof app) == 0);
+  }
+  CHECK(dtls_sess_established(s));
+  send_one(c, s, msg, 500, dg);
+  send_one(s, c, msg, 500, dg);
+
+  /* close_notify ends the peer's session */
+  dtls_sess_shutdown(c);
+  CHECK(dtls_sess_send_batch(c, packed, 0, out, sizeof out) == -1);
+  int len = dtls_sess_flush(c, out, sizeof out), off = 0;
+  const uint8_t *d;
+  n = next_dgram(out, len, &off, &d);
+  CHECK(n > 0 && dtls_sess_receive(s, d, (size_t)n, app, sizeof app) == -1);
+  CHECK(strcmp(dtls_sess_error(s), "closed by peer") == 0);
+
+  /* freeing the context first leaves sessions alone */
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+  dtls_sess_close(s);
+  CHECK(dtls_sess_receive(s, dg, (size_t)dl, app, sizeof app) == -1);
+  CHECK(dtls_sess_flush(s, out, sizeof out) == 0 && !dtls_sess_established(s));
+  dtls_sess_free(s);
+  dtls_sess_free(c);
+}
+
+static void test_listen_garbage(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  const char *peer = "192.0.2.7:4433";
+  dtls_sess *c = dtls_ctx_connect(cc);
+  CHECK(dtls_sess_pump(c) == 0);
+  uint8_t ch[2048], ch2[2048];
+  int len = dtls_sess_flush(c, out, sizeof out), off = 0;
+  const uint8_t *d;
+  int chl = next_dgram(out, len, &off, &d);
+  CHECK(chl > 0);
+  memcpy(ch, d, (size_t)chl);
+  int r = dtls_ctx_listen(sc, ch, (size_t)chl, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr);
+  CHECK(r > 0);
+  CHECK(dtls_ctx_listen(sc, ch, (size_t)chl, (const uint8_t *)peer, strlen(peer), hvr, 10) == 0);
+  CHECK(dtls_sess_receive(c, hvr, (size_t)r, app, sizeof app) == 0);
+  len = dtls_sess_flush(c, out, sizeof out);
+  off = 0;
+  int ch2l = next_dgram(out, len, &off, &d);
+  memcpy(ch2, d, (size_t)ch2l);
+
+  for (int i = 0; i < 10000; i++) {
+    uint8_t g[1600];
+    int gl;
+    if (i % 2 == 0) {
+      gl = (int)(rnd() % sizeof g);
+      for (int j = 0; j < gl; j++) g[j] = (uint8_t)rnd();
+      if (i % 4 == 0 && gl > 0) g[0] = 22; /* look like a handshake record */
+    } else {
+      const uint8_t *src = i % 4 == 1 ? ch : ch2;
+      gl = (int)(rnd() % (unsigned)(i % 4 == 1 ? chl : ch2l));
+      memcpy(g, src, (size_t)gl);
+    }
+    CHECK(dtls_ctx_listen(sc, g, (size_t)gl, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr) ==
+          DTLS_LISTEN_DROP);
+  }
+  /* bit flips: any answer but a crash; a still-valid hello may verify */
+  for (int i = 0; i < 2000; i++) {
+    uint8_t g[2048];
+    memcpy(g, ch2, (size_t)ch2l);
+    g[rnd() % (unsigned)ch2l] ^= (uint8_t)(1 + rnd() % 255);
+    r = dtls_ctx_listen(sc, g, (size_t)ch2l, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr);
+    CHECK(r >= 0 || r == DTLS_LISTEN_VERIFIED);
+    if (r == DTLS_LISTEN_VERIFIED && i % 2) dtls_sess_free(dtls_ctx_accept(sc));
+  }
+  /* the right cookie from the wrong address is refused with a fresh HVR */
+  r = dtls_ctx_listen(sc, ch2, (size_t)ch2l, (const uint8_t *)"x", 1, hvr, sizeof hvr);
+  CHECK(r > 0);
+  /* and the real one still completes */
+  r = dtls_ctx_listen(sc, ch2, (size_t)ch2l, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr);
+  CHECK(r == DTLS_LISTEN_VERIFIED);
+  dtls_sess *s = dtls_ctx_accept(sc);
+  CHECK(s != NULL && dtls_sess_pump(s) == 0);
+  finish(c, s);
+  dtls_sess_free(c);
+  dtls_sess_free(s);
+  /* a verified hello never accepted: freed with the context */
+  dtls_sess *c2 = dtls_ctx_connect(cc);
+  CHECK(dtls_sess_pump(c2) == 0);
+  len = dtls_sess_flush(c2, out, sizeof out);
+  off = 0;
+  chl = next_dgram(out, len, &off, &d);
+  r = dtls_ctx_listen(sc, d, (size_t)chl, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr);
+  CHECK(r > 0 && dtls_sess_receive(c2, hvr, (size_t)r, app, sizeof app) == 0);
+  len = dtls_sess_flush(c2, out, sizeof out);
+  off = 0;
+  chl = next_dgram(out, len, &off, &d);
+  r = dtls_ctx_listen(sc, d, (size_t)chl, (const uint8_t *)peer, strlen(peer), hvr, sizeof hvr);
+  CHECK(r == DTLS_LISTEN_VERIFIED);
+  dtls_sess_free(c2);
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
+static void test_cookie_rotation(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  uint8_t s1[32], s2[32], s3[32];
+  for (int i = 0; i < 32; i++) s1[i] = 1, s2[i] = 2, s3[i] = 3;
+  CHECK(dtls_ctx_set_cookie_secrets(sc, s1, 31, NULL, 0) == -1);
+  CHECK(dtls_ctx_set_cookie_secrets(sc, s1, 32, NULL, 0) == 0);
+  for (int rotations = 1; rotations <= 2; rotations++) {
+    CHECK(dtls_ctx_set_cookie_secrets(sc, s1, 32, NULL, 0) == 0);
+    dtls_sess *c = dtls_ctx_connect(cc);
+    CHECK(dtls_sess_pump(c) == 0);
+    int len = dtls_sess_flush(c, out, sizeof out), off = 0, n;
+    const uint8_t *d;
+    n = next_dgram(out, len, &off, &d);
+    int r = dtls_ctx_listen(sc, d, (size_t)n, (const uint8_t *)"p", 1, hvr, sizeof hvr);
+    CHECK(r > 0 && dtls_sess_receive(c, hvr, (size_t)r, app, sizeof app) == 0);
+    CHECK(dtls_ctx_set_cookie_secrets(sc, s2, 32, s1, 32) == 0);
+    if (rotations == 2) CHECK(dtls_ctx_set_cookie_secrets(sc, s3, 32, s2, 32) == 0);
+    len = dtls_sess_flush(c, out, sizeof out);
+    off = 0;
+    n = next_dgram(out, len, &off, &d);
+    r = dtls_ctx_listen(sc, d, (size_t)n, (const uint8_t *)"p", 1, hvr, sizeof hvr);
+    if (rotations == 1) {
+      CHECK(r == DTLS_LISTEN_VERIFIED);
+      /* rotate again before the session reads its hello: still fine */
+      CHECK(dtls_ctx_set_cookie_secrets(sc, s3, 32, s2, 32) == 0);
+      dtls_sess *s = dtls_ctx_accept(sc);
+      CHECK(s != NULL && dtls_sess_pump(s) == 0);
+      finish(c, s);
+      dtls_sess_free(s);
+    } else {
+      CHECK(r > 0); /* a fresh HelloVerifyRequest, not a verification */
+    }
+    dtls_sess_free(c);
+  }
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
+static void test_lost_flight(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  dtls_sess *c = dtls_ctx_connect(cc);
+  CHECK(dtls_sess_pump(c) == 0);
+  dtls_sess *s = listen_until_verified(sc, c, "lossy");
+  CHECK(s != NULL);
+  CHECK(dtls_sess_flush(s, out, sizeof out) > 0); /* server flight lost */
+  long ts = dtls_sess_timeout_ms(s), tc = dtls_sess_timeout_ms(c);
+  CHECK(ts >= 0 && tc >= 0 && ts <= 1000 && tc <= 1000);
+  CHECK(dtls_sess_handle_timeout(s) == 0); /* not yet expired: no-op */
+  usleep((useconds_t)((ts > tc ? ts : tc) + 20) * 1000);
+  CHECK(dtls_sess_handle_timeout(c) == 0 && dtls_sess_handle_timeout(s) == 0);
+  finish(c, s);
+  CHECK(dtls_sess_timeout_ms(c) == -1);
+  dtls_sess_free(c);
+  dtls_sess_free(s);
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
+static void test_big_mtu(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 65507), *cc = make_ctx(b, 65507);
+  dtls_sess *c, *s;
+  static uint8_t msg[16384], dg[BUF];
+  handshake(sc, cc, "big", &c, &s);
+  CHECK(dtls_sess_max_plaintext(c) == 16384);
+  send_one(c, s, msg, 16384, dg);
+  dtls_sess_free(c);
+  dtls_sess_free(s);
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
+static void test_bad_contexts(const ident *a, const ident *b) {
+  char err[256];
+  CHECK(dtls_ctx_new(a->cert, strlen(a->cert), a->key, strlen(a->key), 255, err, sizeof err) == NULL);
+  CHECK(dtls_ctx_new(a->cert, strlen(a->cert), b->key, strlen(b->key), 1400, err, sizeof err) == NULL);
+  CHECK(strlen(err) > 0);
+  CHECK(dtls_ctx_new("x", 1, "y", 1, 1400, err, sizeof err) == NULL);
+  CHECK(dtls_ctx_new(NULL, 0, NULL, 0, 1400, NULL, 0) == NULL);
+  CHECK(dtls_sess_receive(NULL, NULL, 0, NULL, 0) == -1);
+}
+
+int main(void) {
+  ident a = make_ident(), b = make_ident();
+  test_bad_contexts(&a, &b);
+  test_session_basics(&a, &b);
+  test_listen_garbage(&a, &b);
+  test_cookie_rotation(&a, &b);
+  test_big_mtu(&a, &b);
+  test_lost_flight(&a, &b);
+  free(a.key);
+  free(a.cert);
+  free(b.key);
+  free(b.cert);
+  puts("dtls_harness: all passed");
+  return 0;
+}
