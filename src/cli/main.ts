@@ -6,6 +6,7 @@
  */
 import { isUserError, ShallotError } from '../errors.js';
 import { formatHelp, type CommandSpec } from './args.js';
+import { demoCommand, demoSpec } from './demo-command.js';
 import { idCommand, idSpec, keygenCommand, keygenSpec } from './identity-commands.js';
 import { statusCommand, statusSpec } from './status-command.js';
 import { tunnelCommand, tunnelSpec } from './tunnel-command.js';
@@ -16,6 +17,7 @@ interface Command {
 }
 
 const commands: Command[] = [
+  { spec: demoSpec, run: demoCommand },
   { spec: keygenSpec, run: keygenCommand },
   { spec: idSpec, run: idCommand },
   { spec: tunnelSpec, run: tunnelCommand },

@@ -69,6 +69,12 @@ export interface NativeDtlsSession {
    */
   receive(datagram: Buffer | null, out: Buffer): number;
   /**
+   * Drive the handshake with no input (what connect() refers to: emits the
+   * ClientHello); a no-op once established. Returns 0, or -1 if the session
+   * has failed. Then call flush().
+   */
+  pump(): number;
+  /**
    * Encrypt a packed batch (`len` bytes of `packed`), one record per
    * packet, and write the resulting datagrams packed into `out`. Returns
    * bytes written to `out`, or -1 if the session is not established or

@@ -310,7 +310,14 @@ static int read_records(dtls_sess *s, uint8_t *out, size_t cap) {
   }
 }
 
-int dtls_sess_pump(dtls_sess *s) { return dtls_sess_receive(s, NULL, 0, NULL, 0); }
+int dtls_sess_pump(dtls_sess *s) {
+  if (s == NULL || s->ssl == NULL || s->failed || s->closed) return -1;
+  if (SSL_is_init_finished(s->ssl)) return 0;
+  ERR_clear_error();
+  int rc = drive_handshake(s);
+  ERR_clear_error();
+  return rc;
+}
 
 int dtls_sess_receive(dtls_sess *s, const uint8_t *dgram, size_t len, uint8_t *out, size_t cap) {
   if (s == NULL || s->ssl == NULL || s->failed || s->closed) return -1;

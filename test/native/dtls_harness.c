@@ -8,6 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "../../src/native/dtls_core.h"
 
 #define CHECK(cond)                                                             \
@@ -347,6 +350,59 @@ static void test_big_mtu(const ident *a, const ident *b) {
   dtls_ctx_free(cc);
 }
 
+/* The same certificate with one bit of its self-signature flipped. */
+static char *corrupt_signature(const char *pem) {
+  BIO *in = BIO_new_mem_buf(pem, -1), *o = BIO_new(BIO_s_mem());
+  X509 *x = PEM_read_bio_X509(in, NULL, NULL, NULL), *y = NULL;
+  unsigned char *der = NULL;
+  int n = x ? i2d_X509(x, &der) : -1;
+  CHECK(n > 0 && o != NULL);
+  der[n - 1] ^= 1; /* last byte of the ECDSA signature's s */
+  const unsigned char *p = der;
+  CHECK((y = d2i_X509(NULL, &p, n)) != NULL && PEM_write_bio_X509(o, y));
+  char *data = NULL;
+  long len = BIO_get_mem_data(o, &data);
+  char *s = strndup(data, (size_t)len);
+  CHECK(s != NULL);
+  OPENSSL_free(der);
+  X509_free(x);
+  X509_free(y);
+  BIO_free(in);
+  BIO_free(o);
+  return s;
+}
+
+/* A peer whose self-signature does not verify is refused, both directions. */
+static void test_bad_self_signature(const ident *a, const ident *b) {
+  ident bad = {b->key, corrupt_signature(b->cert)};
+  for (int bad_is_client = 0; bad_is_client <= 1; bad_is_client++) {
+    dtls_ctx *sc = make_ctx(bad_is_client ? a : &bad, 1400);
+    dtls_ctx *cc = make_ctx(bad_is_client ? &bad : b, 1400);
+    dtls_sess *c = dtls_ctx_connect(cc);
+    CHECK(dtls_sess_pump(c) == 0);
+    dtls_sess *s = listen_until_verified(sc, c, "bad");
+    CHECK(s != NULL);
+    for (int i = 0; i < 6; i++) {
+      int len = dtls_sess_flush(s, out, sizeof out), off = 0, n;
+      const uint8_t *d;
+      while ((n = next_dgram(out, len, &off, &d)) >= 0) dtls_sess_receive(c, d, (size_t)n, app, sizeof app);
+      len = dtls_sess_flush(c, out, sizeof out);
+      off = 0;
+      while ((n = next_dgram(out, len, &off, &d)) >= 0) dtls_sess_receive(s, d, (size_t)n, app, sizeof app);
+    }
+    dtls_sess *verifier = bad_is_client ? s : c;
+    CHECK(!dtls_sess_established(c) && !dtls_sess_established(s));
+    fprintf(stderr, "DBG %s / %s\n", dtls_sess_error(verifier), dtls_sess_error(bad_is_client ? c : s));
+    CHECK(strstr(dtls_sess_error(verifier), "certificate") != NULL);
+    CHECK(dtls_sess_receive(verifier, out, 20, app, sizeof app) == -1);
+    dtls_sess_free(c);
+    dtls_sess_free(s);
+    dtls_ctx_free(sc);
+    dtls_ctx_free(cc);
+  }
+  free(bad.cert);
+}
+
 static void test_bad_contexts(const ident *a, const ident *b) {
   char err[256];
   CHECK(dtls_ctx_new(a->cert, strlen(a->cert), a->key, strlen(a->key), 255, err, sizeof err) == NULL);
@@ -363,6 +419,7 @@ int main(void) {
   test_session_basics(&a, &b);
   test_listen_garbage(&a, &b);
   test_cookie_rotation(&a, &b);
+  test_bad_self_signature(&a, &b);
   test_big_mtu(&a, &b);
   test_lost_flight(&a, &b);
   free(a.key);
