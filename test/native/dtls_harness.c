@@ -392,7 +392,6 @@ static void test_bad_self_signature(const ident *a, const ident *b) {
     }
     dtls_sess *verifier = bad_is_client ? s : c;
     CHECK(!dtls_sess_established(c) && !dtls_sess_established(s));
-    fprintf(stderr, "DBG %s / %s\n", dtls_sess_error(verifier), dtls_sess_error(bad_is_client ? c : s));
     CHECK(strstr(dtls_sess_error(verifier), "certificate") != NULL);
     CHECK(dtls_sess_receive(verifier, out, 20, app, sizeof app) == -1);
     dtls_sess_free(c);
