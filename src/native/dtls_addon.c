@@ -24,7 +24,8 @@ static napi_value throw_status(napi_env env) {
   const napi_extended_error_info *info = NULL;
   if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return NULL;
   napi_get_last_error_info(env, &info);
-  napi_throw_error(env, NULL, info && info->error_message ? info->error_message : "N-API call failed");
+  const char *msg = info && info->error_message ? info->error_message : "N-API call failed";
+  napi_throw_error(env, NULL, msg);
   return NULL;
 }
 
@@ -164,7 +165,8 @@ static napi_value s_receive(napi_env env, napi_callback_info info) {
   SESSION(2);
   uint8_t *in = NULL, *out = NULL;
   size_t in_len = 0, out_len = 0;
-  if (!is_nullish(env, argv[0]) && !get_buffer(env, argv[0], &in, &in_len, "datagram must be a Buffer or null"))
+  if (!is_nullish(env, argv[0]) &&
+      !get_buffer(env, argv[0], &in, &in_len, "datagram must be a Buffer or null"))
     return NULL;
   if (!get_buffer(env, argv[1], &out, &out_len, "out must be a Buffer")) return NULL;
   return num(env, dtls_sess_receive(s, in, in_len, out, out_len));
@@ -305,8 +307,8 @@ static napi_value context_ctor(napi_env env, napi_callback_info info) {
     return NULL;
   }
   CHECK(napi_get_named_property(env, argv[0], "mtu", &mtu_v));
-  if (!get_int(env, mtu_v, DTLS_MIN_MTU, DTLS_MAX_MTU, &mtu, "mtu must be an integer in 256..65507"))
-    return NULL;
+  const char *mtu_msg = "mtu must be an integer in 256..65507"; /* DTLS_MIN_MTU..DTLS_MAX_MTU */
+  if (!get_int(env, mtu_v, DTLS_MIN_MTU, DTLS_MAX_MTU, &mtu, mtu_msg)) return NULL;
   size_t cert_len = 0, key_len = 0;
   char *cert = get_option_string(env, argv[0], "certPem", &cert_len, "certPem must be a string");
   if (cert == NULL) return NULL;

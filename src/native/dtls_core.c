@@ -160,9 +160,12 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
   switch (cmd) {
     case BIO_CTRL_FLUSH:
       return 1;
-    case BIO_CTRL_DGRAM_QUERY_MTU:
+    case BIO_CTRL_DGRAM_QUERY_MTU: /* unused with SSL_OP_NO_QUERY_MTU, but truthful */
       return s ? s->mtu : 0;
-    default: /* includes GET_MTU_OVERHEAD (0), WPENDING, PENDING, GET_PEER */
+    case BIO_CTRL_DGRAM_GET_MTU_OVERHEAD: /* the mtu option already is the UDP payload */
+    case BIO_CTRL_WPENDING:               /* writes are queued whole, nothing held back */
+    case BIO_CTRL_DGRAM_GET_PEER:         /* JS knows the peer; DTLSv1_listen clears it */
+    default:
       return 0;
   }
 }
@@ -171,7 +174,9 @@ static BIO_METHOD *g_method;
 static pthread_once_t g_method_once = PTHREAD_ONCE_INIT;
 
 static void method_init(void) {
-  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "shallot-dgram");
+  int index = BIO_get_new_index();
+  if (index == -1) return;
+  BIO_METHOD *m = BIO_meth_new(index | BIO_TYPE_SOURCE_SINK, "shallot-dgram");
   if (m == NULL) return;
   if (!BIO_meth_set_write(m, bio_write) || !BIO_meth_set_read(m, bio_read) ||
       !BIO_meth_set_ctrl(m, bio_ctrl)) {
