@@ -103,7 +103,10 @@ export class DirectTunnel {
       admit: listening ? (peer) => this.admit(peer) : (peer) => this.admitListener(peer),
       onPeerUp: (peer) => this.onPeerUp(peer),
       onPeerDown: (peer, reason) => this.onPeerDown(peer, reason),
-      onData: (peer, buf, o, len) => this.fromLink(peer, buf, o, len),
+      onMessage: (peer, type, buf, o, len) => {
+        if (type === MSG_DATA) this.fromLink(peer, buf, o, len);
+        else this.counters.drops.badPacket += 1;
+      },
       onReceiveDone: () => this.flushToDevice(),
       ...(options.deadPeerAfterMs !== undefined
         ? { deadPeerAfterMs: options.deadPeerAfterMs }

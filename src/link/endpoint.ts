@@ -128,8 +128,12 @@ export interface LinkEndpointOptions {
   admit?: (peer: LinkPeer) => CloseReasonCode | null;
   onPeerUp?: (peer: LinkPeer) => void;
   onPeerDown?: (peer: LinkPeer, reason: string) => void;
-  /** One DATA message's payload: `buf[offset, offset+len)`, valid during the call. */
-  onData?: (peer: LinkPeer, buf: Buffer, offset: number, len: number) => void;
+  /**
+   * One application message (type >= 0x10: DATA, circuit messages) on an
+   * up link: `buf[offset, offset+len)` is the body after the type byte,
+   * valid during the call (it may be modified in place).
+   */
+  onMessage?: (peer: LinkPeer, type: number, buf: Buffer, offset: number, len: number) => void;
   /** Called after a received datagram's records were delivered (flush point). */
   onReceiveDone?: () => void;
   deadPeerAfterMs?: number;
@@ -259,10 +263,19 @@ export class LinkEndpoint {
     const peer = this.peers.get(key);
     if (peer) {
       if (peer.role === 'listener' && peer.state !== 'handshake' && isClientHello(data)) {
-        // The same address starts over (the peer restarted on its port):
-        // answer statelessly; the old link is replaced only once the new
-        // handshake proves a returning cookie.
-        this.listenStep(data, host, port, key, peer);
+        // The same address starts over (the peer restarted on its port).
+        // A replayed ClientHello must not tear down a live link: only a
+        // link that has gone quiet for longer than a keepalive period is
+        // replaced, and only once the new handshake returns a cookie.
+        if (this.now() - peer.lastReceivedAt > this.keepaliveIntervalMs + 1000) {
+          this.listenStep(data, host, port, key, peer);
+        } else {
+          this.counters.drops.garbage += 1;
+        }
+        return;
+      }
+      if (!saneDatagram(data)) {
+        this.counters.drops.garbage += 1;
         return;
       }
       this.pump(peer, data);
@@ -329,16 +342,18 @@ export class LinkEndpoint {
 
   private onMessage(peer: LinkPeer, o: number, len: number): void {
     const buf = this.rxBuf;
-    switch (buf[o]) {
-      case MSG_DATA:
-        if (peer.state !== 'up') {
-          this.counters.drops.unauthenticated += 1;
-          return;
-        }
-        peer.rxPackets += 1;
-        peer.rxBytes += len - 1;
-        this.options.onData?.(peer, buf, o + 1, len - 1);
+    const type = buf[o] as number;
+    if (type >= MSG_DATA) {
+      if (peer.state !== 'up') {
+        this.counters.drops.unauthenticated += 1;
         return;
+      }
+      peer.rxPackets += 1;
+      peer.rxBytes += len - 1;
+      this.options.onMessage?.(peer, type, buf, o + 1, len - 1);
+      return;
+    }
+    switch (type) {
       case MSG_KEEPALIVE:
         return;
       case MSG_AUTH:
@@ -384,8 +399,10 @@ export class LinkEndpoint {
   private onAuth(peer: LinkPeer, o: number, len: number): void {
     if (peer.state === 'handshake' || !peer.exporter) return;
     if (peer.gotAuth) {
-      // The peer resends its AUTH while it lacks ours: answer it again.
-      this.sendAuth(peer);
+      // The peer resends its AUTH while it lacks ours: answer it again, but
+      // at most once per resend period, or two sides that both have each
+      // other's AUTH would answer each other forever.
+      if (this.now() - peer.lastAuthSentAt >= C.AUTH_RESEND_MS) this.sendAuth(peer);
       return;
     }
     const msg = decodeAuth(this.rxBuf, o, len);
@@ -623,6 +640,25 @@ export function countPacked(buf: Buffer, len: number): number {
     count += 1;
   }
   return count;
+}
+
+/**
+ * Strict framing check before a datagram reaches OpenSSL: whole DTLS
+ * records back to back, and no protected record (epoch > 0) shorter than
+ * an AEAD tag. OpenSSL 3.0 answers a too-short ChaCha20-Poly1305 record
+ * with a fatal internal-error alert (openssl/openssl#25290), so one
+ * spoofed 14-byte datagram would otherwise kill a link.
+ */
+export function saneDatagram(d: Buffer): boolean {
+  let o = 0;
+  while (o < d.length) {
+    if (o + 13 > d.length) return false;
+    const len = d.readUInt16BE(o + 11);
+    if (o + 13 + len > d.length) return false;
+    if ((d[o + 3] !== 0 || d[o + 4] !== 0) && len < 16) return false;
+    o += 13 + len;
+  }
+  return d.length > 0;
 }
 
 /**

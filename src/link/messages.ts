@@ -8,7 +8,14 @@
 export const MSG_AUTH = 0x01;
 export const MSG_CLOSE = 0x02;
 export const MSG_KEEPALIVE = 0x03;
+/** Application messages start here; the endpoint hands them up once a link is up. */
 export const MSG_DATA = 0x10;
+/** Circuit messages between neighbours (docs/protocol.md, "Circuit messages"). */
+export const MSG_CREATE = 0x20;
+export const MSG_CREATED = 0x21;
+export const MSG_DESTROY = 0x22;
+export const MSG_FORWARD = 0x23;
+export const MSG_BACKWARD = 0x24;
 
 export const AUTH_VERSION = 1;
 export const ROLE_DIALER = 0;

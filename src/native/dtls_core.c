@@ -324,8 +324,28 @@ int dtls_sess_pump(dtls_sess *s) {
   return rc;
 }
 
+/*
+ * Strict framing before OpenSSL sees a datagram: whole records back to
+ * back, and no protected record (epoch > 0) shorter than an AEAD tag.
+ * OpenSSL 3.0 answers a too-short ChaCha20-Poly1305 record with a fatal
+ * internal-error alert (openssl/openssl#25290): without this check one
+ * spoofed 14-byte datagram would kill an established session.
+ */
+static int datagram_sane(const uint8_t *d, size_t len) {
+  size_t o = 0;
+  while (o < len) {
+    if (len - o < 13) return 0;
+    size_t rl = ((size_t)d[o + 11] << 8) | d[o + 12];
+    if (len - o - 13 < rl) return 0;
+    if ((d[o + 3] != 0 || d[o + 4] != 0) && rl < 16) return 0;
+    o += 13 + rl;
+  }
+  return 1;
+}
+
 int dtls_sess_receive(dtls_sess *s, const uint8_t *dgram, size_t len, uint8_t *out, size_t cap) {
   if (s == NULL || s->ssl == NULL || s->failed || s->closed) return -1;
+  if (len > 0 && (dgram == NULL || !datagram_sane(dgram, len))) return 0; /* dropped */
   if (out == NULL) cap = 0;
   cap = (size_t)cap_int(cap);
   ERR_clear_error(); /* stale errors would confuse SSL_get_error */

@@ -15,4 +15,14 @@ declare module 'sodium-native' {
   export function randombytes_buf(buf: Buffer): void;
   export function sodium_memzero(buf: Buffer): void;
   export function sodium_malloc(size: number): Buffer;
+  export function crypto_stream_xchacha20(c: Buffer, n: Buffer, k: Buffer): void;
+  export function crypto_stream_xchacha20_xor_ic(
+    c: Buffer,
+    m: Buffer,
+    n: Buffer,
+    ic: number,
+    k: Buffer,
+  ): void;
+  export function crypto_onetimeauth(out: Buffer, input: Buffer, k: Buffer): void;
+  export function crypto_onetimeauth_verify(h: Buffer, input: Buffer, k: Buffer): boolean;
 }

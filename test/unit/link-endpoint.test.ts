@@ -32,7 +32,7 @@ async function node(
     transport: net.transport(host, port),
     onPeerUp: (p) => n.up.push(p),
     onPeerDown: (_p, reason) => n.down.push(reason),
-    onData: (_p, buf, o, len) => n.data.push(Buffer.from(buf.subarray(o, o + len))),
+    onMessage: (_p, _type, buf, o, len) => n.data.push(Buffer.from(buf.subarray(o, o + len))),
     ...extra,
   });
   endpoints.push(n.ep);

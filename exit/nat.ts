@@ -1,0 +1,261 @@
+/**
+ * Kernel forwarding and masquerade for an exit, through nftables.
+ *
+ * start() turns on IP forwarding (remembering the old values) and adds ONE
+ * nftables table of its own, in one atomic `nft -f -` transaction:
+ *
+ *   table inet shallot_exit_<pid> {
+ *     chain postrouting {   # nat: pool traffic leaving by any other
+ *       type nat hook postrouting priority srcnat; policy accept;
+ *       ip saddr 10.70.0.0/24 oifname != "shx0" masquerade
+ *     }
+ *     chain forward {       # anti-spoof: pool sources only from the TUN
+ *       type filter hook forward priority filter; policy accept;
+ *       ip saddr 10.70.0.0/24 iifname != "shx0" counter drop
+ *     }
+ *   }
+ *
+ * The forward chain accepts everything else: it must not break other
+ * forwarding on the host. (A drop in some other table, e.g. a firewall
+ * with a forward policy of drop, still applies: nftables base chains are
+ * all traversed.) stop() deletes the table and restores the sysctls it
+ * changed, if nobody changed them since. removeStale() sweeps the tables
+ * of exits that died without stop().
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { errors } from '../src/errors.js';
+import { type Cidr, formatIp } from '../src/net/cidr.js';
+
+export interface ExitNatOptions {
+  /** The exit's TUN device: pool traffic comes in here. */
+  tunName: string;
+  poolV4: Cidr;
+  poolV6?: Cidr;
+  /** Masquerade only when leaving by this interface; default: any but the TUN. */
+  outInterface?: string;
+  /** Default 'shallot_exit_<pid>'. */
+  tableName?: string;
+}
+
+const STALE_PREFIX = 'shallot_exit_';
+const NO_NFT = 'the exit needs nftables: apt-get install nftables';
+
+const SYSCTL_V4 = '/proc/sys/net/ipv4/ip_forward';
+const SYSCTL_V6 = '/proc/sys/net/ipv6/conf/all/forwarding';
+
+/** Run nft; failures become one-line errors. */
+function nft(args: string[], input?: string): string {
+  try {
+    return execFileSync('nft', args, {
+      encoding: 'utf8',
+      input,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+  } catch (e) {
+    const err = e as { stderr?: string; code?: string };
+    if (err.code === 'ENOENT') throw errors.badConfig(NO_NFT);
+    const why =
+      (err.stderr ?? '')
+        .split('\n')
+        .map((l) => l.trim())
+        .find((l) => l.startsWith('Error:')) ??
+      (err.stderr ?? String(e)).trim().split('\n')[0] ??
+      '';
+    if (/Operation not permitted/i.test(why)) throw errors.needRoot('the exit (nftables)');
+    throw errors.system(`nft ${args.join(' ')}`, why);
+  }
+}
+
+function readSysctl(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    throw errors.system(`reading ${path}`, e);
+  }
+}
+
+function writeSysctl(path: string, value: string): void {
+  try {
+    writeFileSync(path, `${value}\n`);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'EACCES' || (e as { code?: string }).code === 'EPERM') {
+      throw errors.needRoot('the exit (IP forwarding)');
+    }
+    throw errors.system(`writing ${path}`, e);
+  }
+}
+
+/** "10.70.0.0/24": the network of a CIDR, host bits cleared (nft wants that). */
+function networkText(cidr: Cidr): string {
+  const out = Buffer.from(cidr.address);
+  let bits = cidr.prefix;
+  for (let i = 0; i < out.length; i += 1) {
+    const m = bits >= 8 ? 0xff : bits <= 0 ? 0 : (0xff << (8 - bits)) & 0xff;
+    out[i] = (out[i] as number) & m;
+    bits -= 8;
+  }
+  return `${formatIp(out)}/${cidr.prefix}`;
+}
+
+function checkInterfaceName(name: string, what: string): void {
+  // Linux interface names: 1-15 bytes, no '/', no whitespace; we also keep
+  // quotes and backslashes out of the nft text.
+  if (!/^[A-Za-z0-9_.:@+-]{1,15}$/.test(name)) {
+    throw errors.badArgument(`${what} '${name}' is not a valid interface name`);
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code === 'EPERM';
+  }
+}
+
+interface Saved {
+  path: string;
+  previous: string;
+}
+
+export class ExitNat {
+  readonly tableName: string;
+  private readonly options: ExitNatOptions;
+  private started = false;
+  private saved: Saved[] = [];
+
+  constructor(options: ExitNatOptions) {
+    checkInterfaceName(options.tunName, 'TUN device');
+    if (options.outInterface !== undefined) {
+      checkInterfaceName(options.outInterface, 'outgoing interface');
+    }
+    if (options.poolV4.family !== 4) {
+      throw errors.badConfig(`exit pool ${options.poolV4.text} is not an IPv4 network`);
+    }
+    if (options.poolV6 && options.poolV6.family !== 6) {
+      throw errors.badConfig(`exit pool ${options.poolV6.text} is not an IPv6 network`);
+    }
+    this.tableName = options.tableName ?? `${STALE_PREFIX}${process.pid}`;
+    if (!/^[A-Za-z0-9_]{1,64}$/.test(this.tableName)) {
+      throw errors.badArgument(`nftables table name '${this.tableName}' is not valid`);
+    }
+    this.options = options;
+  }
+
+  /** The nft transaction start() applies (replacing a leftover of the same name). */
+  ruleset(): string {
+    const { tunName, poolV4, poolV6, outInterface } = this.options;
+    const tun = `"${tunName}"`;
+    const out = outInterface === undefined ? `oifname != ${tun}` : `oifname "${outInterface}"`;
+    const pools: [string, string][] = [['ip', networkText(poolV4)]];
+    if (poolV6) pools.push(['ip6', networkText(poolV6)]);
+    const t = this.tableName;
+    return [
+      // Create-then-delete makes the transaction start from nothing even if
+      // a table of this name was left behind (e.g. by a reused pid).
+      `add table inet ${t}`,
+      `delete table inet ${t}`,
+      `table inet ${t} {`,
+      `  chain postrouting {`,
+      `    type nat hook postrouting priority srcnat; policy accept;`,
+      ...pools.map(([f, net]) => `    ${f} saddr ${net} ${out} masquerade`),
+      `  }`,
+      `  chain forward {`,
+      `    type filter hook forward priority filter; policy accept;`,
+      ...pools.map(([f, net]) => `    ${f} saddr ${net} iifname != ${tun} counter drop`),
+      `  }`,
+      `}`,
+      '',
+    ].join('\n');
+  }
+
+  /** Add the table and enable forwarding. A second call does nothing. */
+  start(): void {
+    if (this.started) return;
+    // The table first: it fails cleanly (no nft, no permission) before any
+    // sysctl is touched, and is one atomic transaction.
+    nft(['-f', '-'], this.ruleset());
+    try {
+      this.enableForwarding(SYSCTL_V4);
+      if (this.options.poolV6) this.enableForwarding(SYSCTL_V6);
+    } catch (e) {
+      this.restoreSysctls();
+      this.deleteTable();
+      throw e;
+    }
+    this.started = true;
+  }
+
+  /** Remove the table and restore forwarding. Idempotent. */
+  stop(): void {
+    if (!this.started) return;
+    this.started = false;
+    let failure: unknown = null;
+    try {
+      this.deleteTable();
+    } catch (e) {
+      failure = e;
+    }
+    try {
+      this.restoreSysctls();
+    } catch (e) {
+      failure ??= e;
+    }
+    if (failure) throw failure;
+  }
+
+  /**
+   * Delete tables named PREFIX<pid> whose process is gone (an exit that
+   * crashed). Returns the names deleted.
+   */
+  static removeStale(prefix = STALE_PREFIX): string[] {
+    const removed: string[] = [];
+    const escaped = prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const re = new RegExp(`^table inet (${escaped}(\\d+))$`);
+    for (const line of nft(['list', 'tables']).split('\n')) {
+      const m = re.exec(line.trim());
+      if (!m?.[1] || !m[2]) continue;
+      const pid = Number(m[2]);
+      if (pid === process.pid || pidAlive(pid)) continue;
+      try {
+        nft(['delete', 'table', 'inet', m[1]]);
+        removed.push(m[1]);
+      } catch {
+        /* deleted meanwhile */
+      }
+    }
+    return removed;
+  }
+
+  private enableForwarding(path: string): void {
+    const previous = readSysctl(path);
+    if (previous === '1') return;
+    writeSysctl(path, '1');
+    this.saved.push({ path, previous });
+  }
+
+  private restoreSysctls(): void {
+    let failure: unknown = null;
+    for (const s of this.saved.splice(0).reverse()) {
+      try {
+        // Leave it alone if someone else changed it since.
+        if (readSysctl(s.path) === '1') writeSysctl(s.path, s.previous);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    if (failure) throw failure;
+  }
+
+  private deleteTable(): void {
+    try {
+      nft(['delete', 'table', 'inet', this.tableName]);
+    } catch (e) {
+      // Already gone is fine (stop() must be idempotent).
+      if (/No such file or directory/i.test(e instanceof Error ? e.message : '')) return;
+      throw e;
+    }
+  }
+}
