@@ -29,6 +29,7 @@ import {
   layerBackward,
   peelForward,
   sealBackward,
+  SEQ_FLAG_FOR_THIS_HOP,
 } from '../src/circuit/onion.js';
 import { ReplayWindow } from '../src/circuit/replay-window.js';
 import { ntorServerRespond } from '../src/crypto/ntor.js';
@@ -241,7 +242,8 @@ export class RelayNode {
       return;
     }
     circ.lastActivity = this.now();
-    if (circ.next) {
+    const forMe = (this.scratch[0] as number) & SEQ_FLAG_FOR_THIS_HOP;
+    if (circ.next && !forMe) {
       this.outbox.add(circ.next, MSG_FORWARD, circ.nextId, this.scratch, 8, size);
       this.counters.cellsOut += 1;
       return;

@@ -90,8 +90,14 @@ export class HopKeys {
 const polyKey = Buffer.alloc(32);
 const nonce24 = Buffer.alloc(24);
 
+/**
+ * The 8-byte sequence field: byte 0 holds flags, bytes 1-7 the number
+ * (sequence numbers stay below 2^53, so byte 0 of the number is always 0).
+ */
+export const SEQ_FLAG_FOR_THIS_HOP = 0x01;
+
 function readSeq(buf: Buffer, o: number): number {
-  return buf.readUInt32BE(o) * 0x1_0000_0000 + buf.readUInt32BE(o + 4);
+  return (buf.readUInt32BE(o) & 0x00ff_ffff) * 0x1_0000_0000 + buf.readUInt32BE(o + 4);
 }
 
 function writeSeq(buf: Buffer, o: number, seq: number): void {
@@ -114,8 +120,10 @@ function keystream(key: Buffer, nonce: Buffer, offset: number, len: number): Buf
  * Relay side: authenticate and remove one forward layer from the cell at
  * `cell[off, off+size)`. On success returns the hop's sequence number (> 0)
  * and leaves the next hop's cell (or, at the last hop, the plaintext) in
- * `scratch[8, 8+size)`; `scratch` needs size + 8 bytes. Returns 0 if the
- * tag does not verify (the cell is then dropped and counted by the caller).
+ * `scratch[8, 8+size)`; `scratch` needs size + 8 bytes. `scratch[0]` holds
+ * the flags (SEQ_FLAG_FOR_THIS_HOP: the cell is addressed to this hop).
+ * Returns 0 if the tag does not verify (the cell is then dropped and
+ * counted by the caller).
  */
 export function peelForward(
   keys: HopKeys,
@@ -179,6 +187,9 @@ export function wrapForward(
   let cell = Buffer.allocUnsafe(size);
   const m = Buffer.allocUnsafe(cLen);
   writeSeq(m, 0, seqs[n - 1]!);
+  // The last hop is told the cell is for it, even if it has a next hop:
+  // an EXTEND resent after a lost EXTENDED must not be forwarded.
+  m[0] = SEQ_FLAG_FOR_THIS_HOP;
   payload.copy(m, SEQ_BYTES);
   padding.fill(m.subarray(SEQ_BYTES + payload.length));
   sealForwardLayer(hops[n - 1]!, nonces[n - 1]!, m, cell, phi);

@@ -8,6 +8,16 @@ import { isUserError, ShallotError } from '../errors.js';
 import { formatHelp, type CommandSpec } from './args.js';
 import { demoCommand, demoSpec } from './demo-command.js';
 import { idCommand, idSpec, keygenCommand, keygenSpec } from './identity-commands.js';
+import {
+  clientCommand,
+  clientSpec,
+  descriptorCommand,
+  descriptorSpec,
+  exitCommand,
+  exitSpec,
+  relayCommand,
+  relaySpec,
+} from './node-commands.js';
 import { statusCommand, statusSpec } from './status-command.js';
 import { tunnelCommand, tunnelSpec } from './tunnel-command.js';
 
@@ -21,6 +31,10 @@ const commands: Command[] = [
   { spec: keygenSpec, run: keygenCommand },
   { spec: idSpec, run: idCommand },
   { spec: tunnelSpec, run: tunnelCommand },
+  { spec: clientSpec, run: clientCommand },
+  { spec: relaySpec, run: relayCommand },
+  { spec: exitSpec, run: exitCommand },
+  { spec: descriptorSpec, run: descriptorCommand },
   { spec: statusSpec, run: statusCommand },
 ];
 

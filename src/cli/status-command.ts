@@ -5,7 +5,7 @@ import { parseArgs, requireString, type CommandSpec } from './args.js';
 
 export const statusSpec: CommandSpec = {
   name: 'status',
-  summary: 'show a running node: its links, peers and traffic counters',
+  summary: 'show a running node: links, circuits and traffic counters',
   usage: ['shallot status --state DIR [--json]'],
   options: [
     { name: 'state', type: 'string', value: 'DIR', help: 'state directory of the running node' },
@@ -16,7 +16,6 @@ export const statusSpec: CommandSpec = {
 interface PeerView {
   id: string | null;
   address: string;
-  role: string;
   state: string;
   cipher: string | null;
   lastHeardMsAgo: number;
@@ -26,6 +25,8 @@ interface PeerView {
   txBytes: number;
 }
 
+type Obj = Record<string, unknown>;
+
 function alive(pid: unknown): boolean {
   if (typeof pid !== 'number') return false;
   try {
@@ -34,6 +35,18 @@ function alive(pid: unknown): boolean {
   } catch {
     return false;
   }
+}
+
+function counters(label: string, o: unknown): string | null {
+  if (!o || typeof o !== 'object') return null;
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(o as Obj)) {
+    if (typeof v === 'number') parts.push(`${k} ${v}`);
+    else if (v && typeof v === 'object' && k === 'drops') {
+      parts.push(...Object.entries(v as Obj).map(([dk, dv]) => `drop.${dk} ${String(dv)}`));
+    }
+  }
+  return parts.length ? `${label}: ${parts.join(', ')}` : null;
 }
 
 export async function statusCommand(argv: string[]): Promise<number> {
@@ -47,37 +60,61 @@ export async function statusCommand(argv: string[]): Promise<number> {
     console.log(JSON.stringify({ ...s, running }, null, 2));
     return running ? 0 : 1;
   }
-  const link = s.link as {
-    counters: Record<string, unknown>;
-    peers: PeerView[];
-    address: { host: string; port: number };
-  };
-  const tunnel = s.tunnel as {
-    fromDevice: number;
-    toDevice: number;
-    drops: Record<string, number>;
-  };
-  console.log(
-    `node ${String(s.id)}  ${s.role} ${running ? 'running' : 'NOT running'} (pid ${String(s.pid)}, updated ${String(s.updatedAt)})`,
+  const lines: string[] = [];
+  lines.push(
+    `${String(s.role)} ${s.id ? String(s.id) + ' ' : ''}${running ? 'running' : 'NOT running'} ` +
+      `(pid ${String(s.pid)}, updated ${String(s.updatedAt)})`,
   );
-  console.log(
-    `device ${String(s.device)}  inner ${(s.addresses as string[]).join(', ')}  udp ${link.address.host}:${link.address.port}`,
-  );
-  console.log(`peers: ${link.peers.length}`);
-  for (const peer of link.peers) {
-    console.log(
-      `  ${peer.id ?? '(unauthenticated)'} ${peer.address} ${peer.state} ${peer.cipher ?? ''} ` +
-        `rx ${peer.rxPackets} pkts/${peer.rxBytes} B, tx ${peer.txPackets} pkts/${peer.txBytes} B, ` +
-        `heard ${(peer.lastHeardMsAgo / 1000).toFixed(1)} s ago`,
+  if (s.device)
+    lines.push(
+      `device ${String(s.device)}${Array.isArray(s.addresses) ? '  inner ' + s.addresses.join(', ') : ''}`,
     );
+  const circuit = s.circuit as
+    | {
+        state: string;
+        hops: { id: string; address?: { host: string; port: number }; exit: boolean }[];
+      }
+    | null
+    | undefined;
+  if (s.role === 'client') {
+    const lease = s.lease as { v4: string } | null;
+    lines.push(`inner address ${lease ? lease.v4 : '(none yet)'}`);
+    if (circuit) {
+      lines.push(`circuit ${circuit.state}:`);
+      circuit.hops.forEach((h, i) =>
+        lines.push(
+          `  hop ${i + 1}: ${h.id} ${h.address ? `${h.address.host}:${h.address.port}` : ''}${h.exit && i === circuit.hops.length - 1 ? ' (exit)' : ''}`,
+        ),
+      );
+    } else lines.push('circuit: none (building)');
+    if (s.lastRejection) lines.push(`last refusal by the exit: ${String(s.lastRejection)}`);
   }
-  console.log(`packets: from device ${tunnel.fromDevice}, to device ${tunnel.toDevice}`);
-  const drops = { ...tunnel.drops, ...(link.counters.drops as Record<string, number>) };
-  console.log(
-    'drops: ' +
-      Object.entries(drops)
-        .map(([k, v]) => `${k} ${v}`)
-        .join(', '),
-  );
+  if (typeof s.circuits === 'number') lines.push(`circuits: ${s.circuits}`);
+  const link = s.link as
+    { peers?: PeerView[]; counters?: Obj; address?: { host: string; port: number } } | undefined;
+  if (link?.peers) {
+    lines.push(
+      `links: ${link.peers.length}${link.address ? ` (udp ${link.address.host}:${link.address.port})` : ''}`,
+    );
+    for (const peer of link.peers) {
+      lines.push(
+        `  ${peer.id ?? '(unauthenticated)'} ${peer.address} ${peer.state} ${peer.cipher ?? ''} ` +
+          `rx ${peer.rxPackets}/${peer.rxBytes} B, tx ${peer.txPackets}/${peer.txBytes} B, ` +
+          `heard ${(peer.lastHeardMsAgo / 1000).toFixed(1)} s ago`,
+      );
+    }
+  }
+  for (const [label, key] of [
+    ['tunnel', 'tunnel'],
+    ['client', 'client'],
+    ['relay', 'relay'],
+    ['exit', 'exit'],
+  ] as const) {
+    const line = counters(label, s[key]);
+    if (line) lines.push(line);
+  }
+  const linkLine = counters('link', link?.counters);
+  if (linkLine) lines.push(linkLine);
+  console.log(lines.join('\n'));
   return running ? 0 : 1;
 }

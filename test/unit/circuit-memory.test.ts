@@ -152,3 +152,22 @@ test('when the middle relay dies the client rebuilds to the same exit and keeps 
   assert.equal(paths[1]![2], paths[0]![2], 'the same exit');
   assert.equal(leases[1], leases[0], 'the same inner address');
 });
+
+test('circuits build through 15% loss: CREATE, EXTEND and LEASE are retransmitted and idempotent', async () => {
+  let seed = 99;
+  const net = new MemoryNetwork(() => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const o = await overlay(net);
+  net.lossRate = 0.15;
+  const device = new MemoryDevice('c2');
+  const client = new ClientNode({
+    relays: () => [...o.relays.map((r) => r.desc), o.exitDesc],
+    transport: net.transport('10.9.0.4', 40000),
+    device,
+    hops: 3,
+    stateDir: null,
+  });
+  await client.start();
+  stops.push(() => client.stop());
+  await waitFor('circuit through loss', () => client.ready, 40_000, 50);
+  assert.equal(o.exit.counters.leases, 1, 'one lease however many LEASE retransmissions');
+});

@@ -12,6 +12,7 @@ import {
   PaddingSource,
   peelForward,
   sealBackward,
+  SEQ_FLAG_FOR_THIS_HOP,
   unwrapBackward,
   wrapForward,
 } from '../../src/circuit/onion.js';
@@ -201,4 +202,16 @@ test('replay window against a slow model (random order, duplicates)', () => {
       top = Math.max(top, seq);
     }
   }
+});
+
+test('the last hop of a wrap sees the for-this-hop flag; earlier hops do not', () => {
+  const { client, relays } = circuit(2);
+  const cell = Buffer.alloc(S);
+  wrapForward(client, [9, 9], Buffer.from('extend'), S, cell, new PaddingSource());
+  const s1 = Buffer.alloc(S + 8);
+  assert.equal(peelForward(relays[0]!, cell, 0, S, s1), 9);
+  assert.equal(s1[0]! & SEQ_FLAG_FOR_THIS_HOP, 0, 'hop 1 forwards');
+  const s2 = Buffer.alloc(S + 8);
+  assert.equal(peelForward(relays[1]!, Buffer.from(s1.subarray(8, 8 + S)), 0, S, s2), 9);
+  assert.equal(s2[0]! & SEQ_FLAG_FOR_THIS_HOP, SEQ_FLAG_FOR_THIS_HOP, 'hop 2 is addressed');
 });
