@@ -46,6 +46,7 @@ import {
   MSG_CREATE,
   MSG_CREATED,
   MSG_DESTROY,
+  MSG_DESTROY_BACK,
   MSG_FORWARD,
 } from '../src/link/messages.js';
 import { Outbox } from '../src/link/outbox.js';
@@ -402,7 +403,9 @@ export class ClientNode {
     msg[0] = command;
     msg.writeUInt16BE(len, 1);
     body.copy(msg, RELAY_HEADER_BYTES, off, off + len);
-    const size = forwardCellSize(msg.length, n);
+    // The size class is chosen as if the circuit had MAX_HOPS hops, so the
+    // last hop cannot learn the path length from which class a message used.
+    const size = forwardCellSize(msg.length, MAX_HOPS);
     for (let i = 0; i < n; i += 1) circ.seqs[i] = (circ.seqs[i] as number) + 1;
     wrapForward(circ.keys, circ.seqs, msg, size, this.cell, this.padding);
     this.outbox.add(circ.guard, MSG_FORWARD, circ.id, this.cell, 0, size);
@@ -452,7 +455,7 @@ export class ClientNode {
           circ.pending.resolve(Buffer.concat([m.y, m.auth]));
         return;
       }
-      case MSG_DESTROY: {
+      case MSG_DESTROY_BACK: {
         const d = decodeDestroy(buf, o, len);
         if (d) this.fail(circ, `the guard destroyed the circuit (reason ${d.reason})`);
         return;

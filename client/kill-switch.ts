@@ -29,7 +29,10 @@ import { checkDeviceName, checkGuard, networkText } from './routing.js';
 
 export interface KillSwitchOptions {
   tunName: string;
-  guard: { host: string; port: number };
+  /** null until a guard is chosen (nothing but the tunnel and allowances pass). */
+  guard: { host: string; port: number } | null;
+  /** UDP source ports let out: the client's own DHT and discovery sockets. */
+  allowUdpSourcePorts?: number[];
   /** Accept traffic out the loopback device (default true). */
   allowLoopback?: boolean;
   /** Destinations outside the tunnel that stay reachable (printers, the LAN). */
@@ -49,7 +52,10 @@ const TABLE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 export interface RulesetOptions {
   table: string;
   tunName: string;
-  guard: { host: string; port: number };
+  /** null before a guard is chosen: then only the tunnel and the allowances pass. */
+  guard: { host: string; port: number } | null;
+  /** UDP source ports let out (the client's DHT and discovery sockets). */
+  allowUdpSourcePorts?: number[];
   allowLoopback: boolean;
   allowLan: Cidr[];
   allowDhcp: boolean;
@@ -61,11 +67,15 @@ export interface RulesetOptions {
  * there is none, and nothing is ever half installed.
  */
 export function killSwitchRuleset(o: RulesetOptions): string {
-  const guardFamily = net.isIPv6(o.guard.host) ? 'ip6' : 'ip';
+  const guardFamily = o.guard && net.isIPv6(o.guard.host) ? 'ip6' : 'ip';
   const rules: string[] = [];
   if (o.allowLoopback) rules.push('oif "lo" accept');
   rules.push(`oifname "${o.tunName}" accept`);
-  rules.push(`${guardFamily} daddr ${o.guard.host} udp dport ${o.guard.port} accept`);
+  if (o.guard) rules.push(`${guardFamily} daddr ${o.guard.host} udp dport ${o.guard.port} accept`);
+  const ports = (o.allowUdpSourcePorts ?? []).filter(
+    (p) => Number.isInteger(p) && p > 0 && p < 65536,
+  );
+  if (ports.length > 0) rules.push(`udp sport { ${ports.join(', ')} } accept`);
   for (const c of o.allowLan) {
     rules.push(`${c.family === 6 ? 'ip6' : 'ip'} daddr ${networkText(c)} accept`);
   }
@@ -74,7 +84,7 @@ export function killSwitchRuleset(o: RulesetOptions): string {
   }
   // An IPv6 guard or LAN is reached only after neighbour discovery; these
   // messages never leave the link (hop limit 255, checked by receivers).
-  if (guardFamily === 'ip6' || o.allowLan.some((c) => c.family === 6)) {
+  if ((o.guard && guardFamily === 'ip6') || o.allowLan.some((c) => c.family === 6)) {
     rules.push(
       'icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ' +
         'ip6 hoplimit 255 accept',
@@ -170,7 +180,7 @@ export class KillSwitch {
 
   constructor(opts: KillSwitchOptions) {
     checkDeviceName(opts.tunName);
-    checkGuard(opts.guard);
+    if (opts.guard) checkGuard(opts.guard);
     const table = opts.tableName ?? `${TABLE_PREFIX}${process.pid}`;
     if (!TABLE_NAME.test(table)) {
       throw errors.badArgument(
@@ -182,6 +192,7 @@ export class KillSwitch {
       table,
       tunName: opts.tunName,
       guard: opts.guard,
+      allowUdpSourcePorts: opts.allowUdpSourcePorts ?? [],
       allowLoopback: opts.allowLoopback ?? true,
       allowLan: opts.allowLan ?? [],
       allowDhcp: opts.allowDhcp ?? false,

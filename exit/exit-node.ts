@@ -107,6 +107,9 @@ export class ExitHandler implements LastHopHandler {
   }
 
   onRelayMessage(circ: RelayCircuit, command: number, buf: Buffer, off: number, len: number): void {
+    const bound = circ.exitContext as Session | undefined;
+    // Any word from the client keeps its lease (PINGs on an idle circuit too).
+    if (bound) this.pool.touch(bound.key, this.now());
     switch (command) {
       case Relay.data:
         this.fromCircuit(circ, buf, off, len);
@@ -141,6 +144,12 @@ export class ExitHandler implements LastHopHandler {
       return;
     }
     const key = buf.toString('hex', off, off + 16);
+    const current = circ.exitContext as Session | undefined;
+    if (current && current.key !== key) {
+      // One session per circuit: a circuit cannot hoard the pool.
+      this.relay.sendBackward(circ, Relay.leaseRefused, Buffer.from([2]));
+      return;
+    }
     const lease = this.pool.lease(key, this.now());
     if (!lease) {
       this.counters.drops.poolFull += 1;

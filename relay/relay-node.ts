@@ -40,6 +40,7 @@ import {
   MSG_CREATE,
   MSG_CREATED,
   MSG_DESTROY,
+  MSG_DESTROY_BACK,
   MSG_FORWARD,
 } from '../src/link/messages.js';
 import { Outbox } from '../src/link/outbox.js';
@@ -54,8 +55,10 @@ export const CIRCUIT_IDLE_MS = 180_000;
 export const EXTEND_TIMEOUT_MS = 10_000;
 export const CREATE_RESEND_MS = 1_000;
 export const RELAY_TICK_MS = 500;
-/** Distinct relays this relay keeps links to for extending (each costs a DTLS session). */
+/** EXTENDs waiting for a link to come up, at most (each may cost a DTLS handshake). */
 export const MAX_EXTEND_TARGETS = 512;
+/** Backward X values remembered per circuit: a repeated X is dropped (no marking through a hop). */
+export const BACKWARD_X_MEMORY = 1024;
 
 export interface RelayCircuit {
   prev: LinkPeer;
@@ -70,6 +73,22 @@ export interface RelayCircuit {
   extend: ExtendState | null;
   /** For the exit: the session bound to this circuit. */
   exitContext: unknown;
+  /** Recent backward X values (48-bit prefixes) and the ring that bounds them. */
+  seenX: Set<number>;
+  seenXRing: number[];
+  seenXPos: number;
+}
+
+function rememberX(circ: RelayCircuit, x: number): boolean {
+  if (circ.seenX.has(x)) return false;
+  if (circ.seenXRing.length < BACKWARD_X_MEMORY) circ.seenXRing.push(x);
+  else {
+    circ.seenX.delete(circ.seenXRing[circ.seenXPos] as number);
+    circ.seenXRing[circ.seenXPos] = x;
+    circ.seenXPos = (circ.seenXPos + 1) % BACKWARD_X_MEMORY;
+  }
+  circ.seenX.add(x);
+  return true;
 }
 
 interface ExtendState {
@@ -145,7 +164,6 @@ export class RelayNode {
   private readonly byPrev = new Map<LinkPeer, Map<number, RelayCircuit>>();
   private readonly byNext = new Map<LinkPeer, Map<number, RelayCircuit>>();
   private readonly waitingForLink = new Set<RelayCircuit>();
-  private readonly extendTargets = new Set<string>();
   private circuitCount = 0;
   private readonly scratch = Buffer.alloc(CELL_SIZES[1] + 8);
   private readonly cellOut = Buffer.alloc(CELL_SIZES[1]);
@@ -213,7 +231,10 @@ export class RelayNode {
         this.onCreated(peer, buf, o, len);
         return;
       case MSG_DESTROY:
-        this.onDestroy(peer, buf, o, len);
+        this.onDestroy(peer, buf, o, len, true);
+        return;
+      case MSG_DESTROY_BACK:
+        this.onDestroy(peer, buf, o, len, false);
         return;
       default:
         this.counters.drops.badCell += 1;
@@ -276,6 +297,12 @@ export class RelayNode {
       this.counters.drops.unknownCircuit += 1;
       return;
     }
+    // A repeated X (a replayed or deliberately repeated backward cell)
+    // would reach the next hops with an equal X: drop it here.
+    if (!rememberX(circ, buf.readUIntBE(o + 4, 6))) {
+      this.counters.drops.replay += 1;
+      return;
+    }
     layerBackward(circ.keys, buf, o + 4, size);
     circ.lastActivity = this.now();
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, buf, o + 4, size);
@@ -296,6 +323,7 @@ export class RelayNode {
     body.copy(msg, 3, off, off + len);
     const size = backwardCellSize(msg.length);
     circ.backwardSeq += 1;
+    circ.lastActivity = this.now();
     sealBackward(circ.keys, circ.backwardSeq, msg, size, this.cellOut);
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, this.cellOut, 0, size);
     this.counters.cellsOut += 1;
@@ -320,20 +348,23 @@ export class RelayNode {
       this.counters.drops.resourceLimit += 1;
       this.outbox.addMessage(
         peer,
-        encodeDestroy(MSG_DESTROY, m.circId, DestroyReason.resourceLimit),
+        encodeDestroy(MSG_DESTROY_BACK, m.circId, DestroyReason.resourceLimit),
       );
       return;
     }
     const id = this.options.identity;
     if (!m.onionKey.equals(id.onionPublic)) {
       this.counters.drops.badCreate += 1;
-      this.outbox.addMessage(peer, encodeDestroy(MSG_DESTROY, m.circId, DestroyReason.badKey));
+      this.outbox.addMessage(peer, encodeDestroy(MSG_DESTROY_BACK, m.circId, DestroyReason.badKey));
       return;
     }
     const r = ntorServerRespond(id.publicKey, id.onionSecret, id.onionPublic, m.x, HOP_KEY_BYTES);
     if (!r) {
       this.counters.drops.badCreate += 1;
-      this.outbox.addMessage(peer, encodeDestroy(MSG_DESTROY, m.circId, DestroyReason.protocol));
+      this.outbox.addMessage(
+        peer,
+        encodeDestroy(MSG_DESTROY_BACK, m.circId, DestroyReason.protocol),
+      );
       return;
     }
     const created = encodeCreate(
@@ -354,6 +385,9 @@ export class RelayNode {
       lastActivity: this.now(),
       extend: null,
       exitContext: undefined,
+      seenX: new Set(),
+      seenXRing: [],
+      seenXPos: 0,
     };
     r.keys.fill(0);
     if (!table) {
@@ -381,7 +415,7 @@ export class RelayNode {
       return;
     }
     const host = formatIp(e.host);
-    if (!this.extendTargets.has(targetId) && this.extendTargets.size >= MAX_EXTEND_TARGETS) {
+    if (this.waitingForLink.size >= MAX_EXTEND_TARGETS) {
       this.sendBackward(circ, Relay.extendFailed, Buffer.from([DestroyReason.resourceLimit]));
       return;
     }
@@ -403,9 +437,8 @@ export class RelayNode {
     const peer = this.endpoint.upPeers().find((p) => p.id === targetId);
     if (peer) this.sendCreate(circ, peer);
     else {
-      this.extendTargets.add(targetId);
       this.waitingForLink.add(circ);
-      this.endpoint.dial(host, e.port, targetId);
+      this.endpoint.dial(host, e.port, targetId, { persistent: false });
     }
   }
 
@@ -463,22 +496,26 @@ export class RelayNode {
 
   // --- teardown ------------------------------------------------------------------
 
-  private onDestroy(peer: LinkPeer, buf: Buffer, o: number, len: number): void {
+  /**
+   * DESTROY travels away from the client (sent by a circuit's previous hop)
+   * and DESTROY_BACK toward it (sent by the next hop): the type says which
+   * table the id belongs to, since both ends of a link may pick one id.
+   */
+  private onDestroy(peer: LinkPeer, buf: Buffer, o: number, len: number, fromPrev: boolean): void {
     const d = decodeDestroy(buf, o, len);
     if (!d) {
       this.counters.drops.badCell += 1;
       return;
     }
-    const fromPrev = this.byPrev.get(peer)?.get(d.circId);
     if (fromPrev) {
-      this.destroy(fromPrev, d.reason, false, true);
+      const circ = this.byPrev.get(peer)?.get(d.circId);
+      if (circ) this.destroy(circ, d.reason, false, true);
       return;
     }
-    const fromNext = this.byNext.get(peer)?.get(d.circId);
-    if (fromNext) {
-      if (fromNext.next === peer) this.destroy(fromNext, d.reason, true, false);
-      else if (fromNext.extend?.peer === peer) this.failExtend(fromNext, d.reason);
-    }
+    const circ = this.byNext.get(peer)?.get(d.circId);
+    if (!circ) return;
+    if (circ.next === peer) this.destroy(circ, d.reason, true, false);
+    else if (circ.extend?.peer === peer) this.failExtend(circ, d.reason);
   }
 
   /** Free a circuit, telling the neighbours named. */
@@ -496,7 +533,7 @@ export class RelayNode {
     }
     this.waitingForLink.delete(circ);
     if (tellPrev && circ.prev.state === 'up') {
-      this.outbox.addMessage(circ.prev, encodeDestroy(MSG_DESTROY, circ.prevId, reason));
+      this.outbox.addMessage(circ.prev, encodeDestroy(MSG_DESTROY_BACK, circ.prevId, reason));
     }
     if (tellNext && nextPeer && nextPeer.state === 'up') {
       this.outbox.addMessage(nextPeer, encodeDestroy(MSG_DESTROY, nextId, reason));

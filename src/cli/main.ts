@@ -5,38 +5,8 @@
  * never a stack trace.
  */
 import { isUserError, ShallotError } from '../errors.js';
-import { formatHelp, type CommandSpec } from './args.js';
-import { demoCommand, demoSpec } from './demo-command.js';
-import { idCommand, idSpec, keygenCommand, keygenSpec } from './identity-commands.js';
-import {
-  clientCommand,
-  clientSpec,
-  descriptorCommand,
-  descriptorSpec,
-  exitCommand,
-  exitSpec,
-  relayCommand,
-  relaySpec,
-} from './node-commands.js';
-import { statusCommand, statusSpec } from './status-command.js';
-import { tunnelCommand, tunnelSpec } from './tunnel-command.js';
-
-interface Command {
-  spec: CommandSpec;
-  run: (argv: string[]) => Promise<number>;
-}
-
-const commands: Command[] = [
-  { spec: demoSpec, run: demoCommand },
-  { spec: keygenSpec, run: keygenCommand },
-  { spec: idSpec, run: idCommand },
-  { spec: tunnelSpec, run: tunnelCommand },
-  { spec: clientSpec, run: clientCommand },
-  { spec: relaySpec, run: relayCommand },
-  { spec: exitSpec, run: exitCommand },
-  { spec: descriptorSpec, run: descriptorCommand },
-  { spec: statusSpec, run: statusCommand },
-];
+import { formatHelp } from './args.js';
+import { commands } from './commands.js';
 
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.spec.name.length));

@@ -18,6 +18,9 @@ import { RelayNode } from '../../relay/relay-node.js';
 import { CIRCUIT_MTU, MAX_HOPS } from '../circuit/cells.js';
 import { descriptorToText, signDescriptor, type Descriptor } from '../descriptor/descriptor.js';
 import { loadRelayFile } from '../descriptor/relay-list.js';
+import { DhtNode, MAINLINE_BOOTSTRAP } from '../discovery/dht-node.js';
+import { RelayFinder } from '../discovery/finder.js';
+import { DescriptorPublisher } from '../discovery/publisher.js';
 import { errors } from '../errors.js';
 import { loadIdentity, parseNodeId, type Identity } from '../identity.js';
 import { UdpTransport } from '../link/transport.js';
@@ -66,6 +69,20 @@ const common = {
     cliOnly: true,
   },
 } as const;
+
+const dhtOptions = [
+  {
+    name: 'bootstrap',
+    type: 'list',
+    value: 'HOST:PORT,...',
+    help: 'DHT bootstrap nodes of a private network (default: the mainline DHT routers)',
+  },
+  {
+    name: 'no-dht',
+    type: 'flag',
+    help: 'do not use the DHT (relays: no publishing; clients: --relays only)',
+  },
+] as const;
 
 const relayOptions = [
   common.state,
@@ -139,16 +156,31 @@ export const exitSpec: CommandSpec = {
 export const clientSpec: CommandSpec = {
   name: 'client',
   summary: "run a client: send this host's traffic through an onion circuit",
-  usage: ['shallot client --state DIR --relays FILE [--hops N] [--exit ID] [--split CIDR,...]'],
+  usage: [
+    'shallot client --state DIR [--bootstrap HOST:PORT,...] [--hops N] [--exit ID] [--split CIDR,...]',
+    'shallot client --state DIR --relays FILE ...',
+  ],
   details:
-    'Builds a circuit guard -> middle -> exit from the relays in FILE (lines from shallot\n' +
-    'descriptor), then routes all traffic into it (full tunnel: a host route keeps the link to\n' +
+    'Finds relays through the DHT (or takes them from --relays FILE, lines from shallot\n' +
+    'descriptor), keeps them cached in DIR, builds a circuit guard -> middle -> exit, then routes all traffic into it (full tunnel: a host route keeps the link to\n' +
     'the guard outside) or only --split networks. In full-tunnel mode a kill switch (nftables)\n' +
     'lets nothing out but the link to the guard while no circuit is up. The client shows the\n' +
     `network only a throw-away identity. Inner MTU ${CIRCUIT_MTU}. Needs root.`,
   options: [
     common.state,
-    { name: 'relays', type: 'string', value: 'FILE', help: 'relay descriptors, one per line' },
+    {
+      name: 'relays',
+      type: 'string',
+      value: 'FILE',
+      help: 'relay descriptors, one per line (instead of discovery through the DHT)',
+    },
+    ...dhtOptions,
+    {
+      name: 'refresh',
+      type: 'string',
+      value: 'SECONDS',
+      help: 'how often to look for relays in the DHT (default 300)',
+    },
     { name: 'hops', type: 'string', value: 'N', help: `circuit length, 1-${MAX_HOPS} (default 3)` },
     { name: 'exit', type: 'string', value: 'ID', help: 'use this exit' },
     {
@@ -232,6 +264,9 @@ function bindError(e: unknown, host: string, port: number): unknown {
 // --- relay and exit ----------------------------------------------------------
 
 interface RelaySetup {
+  dht: { bootstrap: string[] | false; listen: { host: string; port: number } } | null;
+  lifetimeS: number;
+  current: { wire: Buffer; published: number } | null;
   identity: Identity;
   node: RelayNode;
   dir: string;
@@ -261,26 +296,74 @@ function relaySetup(p: Parsed): RelaySetup {
     throw errors.badArgument('--bandwidth must be a whole number of kB/s');
   }
   const network = networkName(p);
+  const lifetimeS =
+    p['descriptor-lifetime'] === undefined
+      ? DESCRIPTOR_LIFETIME_S
+      : Number(p['descriptor-lifetime']);
+  if (!Number.isInteger(lifetimeS) || lifetimeS < 10 || lifetimeS > 7 * 24 * 3600) {
+    throw errors.badArgument('--descriptor-lifetime must be 10 to 604800 seconds');
+  }
+  const dht = dhtChoice(p, listen);
   const identity = loadIdentity(dir);
   const node = new RelayNode({
     identity,
     transport: new UdpTransport(listen.host, listen.port),
     log,
   });
-  return { identity, node, dir, log, listen, advertise, bandwidth, network };
+  return {
+    identity,
+    node,
+    dir,
+    log,
+    listen,
+    advertise,
+    bandwidth,
+    network,
+    dht,
+    lifetimeS,
+    current: null,
+  };
+}
+
+function bootstrapList(p: Parsed): string[] | false {
+  const list = (p.bootstrap as string[] | undefined) ?? [];
+  if (list.length === 0) return [...MAINLINE_BOOTSTRAP];
+  return list.map((b) => {
+    const hp = parseHostPort(b, '--bootstrap');
+    return `${hp.host}:${hp.port}`;
+  });
+}
+
+function dhtChoice(
+  p: Parsed,
+  listen: { host: string; port: number },
+): { bootstrap: string[] | false; listen: { host: string; port: number } } | null {
+  if (p['no-dht'] === true) {
+    if (p.bootstrap !== undefined) {
+      throw errors.badArgument('--bootstrap and --no-dht contradict each other');
+    }
+    return null;
+  }
+  const dl =
+    typeof p['dht-listen'] === 'string'
+      ? parseHostPort(p['dht-listen'], '--dht-listen')
+      : { host: listen.host, port: listen.port < 65535 ? listen.port + 1 : 0 };
+  return { bootstrap: bootstrapList(p), listen: dl };
 }
 
 function publishDescriptor(s: RelaySetup, exitPolicy: string | null): string {
-  const now = Math.floor(Date.now() / 1000);
+  // A new publication time every time: it is also the BEP 44 sequence number.
+  const now = Math.max(Math.floor(Date.now() / 1000), (s.current?.published ?? 0) + 1);
   const wire = signDescriptor(s.identity, {
     addresses: [s.advertise],
     roles: { relay: true, exit: exitPolicy !== null },
     policy: exitPolicy ?? '',
     bandwidth: s.bandwidth,
     published: now,
-    expires: now + DESCRIPTOR_LIFETIME_S,
+    expires: now + s.lifetimeS,
     network: s.network,
   });
+  s.current = { wire, published: now };
   const text = descriptorToText(wire);
   const file = path.join(s.dir, DESCRIPTOR_FILE);
   fs.writeFileSync(`${file}.tmp`, text + '\n', { mode: 0o644 });
@@ -302,6 +385,35 @@ async function runRelay(
     throw bindError(e, s.listen.host, s.listen.port);
   }
   publishDescriptor(s, policy);
+  let dht: DhtNode | null = null;
+  let publisher: DescriptorPublisher | null = null;
+  if (s.dht) {
+    dht = new DhtNode({
+      bootstrap: s.dht.bootstrap,
+      host: s.dht.listen.host,
+      port: s.dht.listen.port,
+      log: s.log,
+      nodesFile: path.join(s.dir, 'dht-nodes.json'),
+      maxAgeMs: Math.max(60_000, s.lifetimeS * 1000),
+    });
+    try {
+      await dht.start();
+    } catch (e) {
+      s.node.stop();
+      extraStop();
+      throw bindError(e, s.dht.listen.host, s.dht.listen.port);
+    }
+    publisher = new DescriptorPublisher({
+      dht,
+      identity: s.identity,
+      network: s.network,
+      linkPort: s.advertise.port,
+      descriptor: () => s.current as { wire: Buffer; published: number },
+      republishMs: Math.min(10 * 60_000, Math.floor((s.lifetimeS * 1000) / 3)),
+      log: s.log,
+    });
+    publisher.start();
+  }
   s.log.info(
     `${role} ${s.identity.id} listening on ${s.listen.host}:${s.listen.port}; descriptor in ${path.join(s.dir, DESCRIPTOR_FILE)}`,
   );
@@ -315,13 +427,23 @@ async function runRelay(
       memory: { rss: process.memoryUsage().rss },
       ...s.node.describe(),
       ...(exit ? exit.describe() : {}),
+      dht: dht ? { ...dht.describe(), published: publisher?.published ?? false } : null,
     });
   publish('running');
   const statusTimer = setInterval(() => publish('running'), STATUS_INTERVAL_MS);
-  const refresh = setInterval(() => publishDescriptor(s, policy), DESCRIPTOR_REFRESH_MS);
+  // Renew the descriptor at a third of its lifetime, and publish the new one.
+  const refresh = setInterval(
+    () => {
+      publishDescriptor(s, policy);
+      void publisher?.publishNow();
+    },
+    Math.min(DESCRIPTOR_REFRESH_MS, Math.floor((s.lifetimeS * 1000) / 3)),
+  );
   return untilSignal(s.log, () => {
     clearInterval(statusTimer);
     clearInterval(refresh);
+    publisher?.stop();
+    dht?.stop();
     s.node.stop();
     extraStop();
     publish('stopped');
@@ -416,11 +538,19 @@ export async function clientCommand(argv: string[]): Promise<number> {
   const dir = requireString(p, 'state', 'a state directory for guards and status');
   const log = loggerFor(p);
   const network = networkName(p);
-  const relaysFile = requireString(
-    p,
-    'relays',
-    'a file of relay descriptors (lines from shallot descriptor)',
-  );
+  const relaysFile = typeof p.relays === 'string' ? p.relays : null;
+  if (relaysFile && (p.bootstrap !== undefined || p['no-dht'] === true)) {
+    throw errors.badArgument('--relays replaces the DHT: leave out --bootstrap and --no-dht');
+  }
+  if (!relaysFile && p['no-dht'] === true) {
+    throw errors.badArgument(
+      '--no-dht needs --relays FILE: the client must learn relays somewhere',
+    );
+  }
+  const refreshS = p.refresh === undefined ? 300 : Number(p.refresh);
+  if (!Number.isFinite(refreshS) || refreshS < 1 || refreshS > 86_400) {
+    throw errors.badArgument('--refresh must be 1 to 86400 seconds');
+  }
   const hops = p.hops === undefined ? 3 : Number(p.hops);
   if (!Number.isInteger(hops) || hops < 1 || hops > MAX_HOPS)
     throw errors.badArgument(`--hops must be 1 to ${MAX_HOPS}`);
@@ -433,31 +563,87 @@ export async function clientCommand(argv: string[]): Promise<number> {
   const split = ((p.split as string[] | undefined) ?? []).map((c) => parseCidr(c, '--split'));
   const killSwitchOn = split.length === 0 && p['no-kill-switch'] !== true;
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const load = () => {
-    const r = loadRelayFile(relaysFile, { now: Math.floor(Date.now() / 1000), network });
-    return r;
-  };
-  const first = load();
-  const rejected = Object.entries(first.counts).filter(([, n]) => n > 0);
-  log.info(
-    `${first.relays.length} relays from ${relaysFile}` +
-      (rejected.length ? ` (ignored: ${rejected.map(([k, n]) => `${n} ${k}`).join(', ')})` : ''),
-  );
-  if (first.relays.length === 0)
-    throw errors.badConfig(`no usable relay descriptor in ${relaysFile}`);
-  let relays: Descriptor[] = first.relays;
-  const reload = setInterval(() => {
-    try {
-      relays = load().relays;
-    } catch {
-      /* keep the last good list */
+  let relays: () => Descriptor[];
+  let stopDiscovery = () => undefined as void;
+  let allowPorts: number[] = [];
+  let discovery: { dht: DhtNode; finder: RelayFinder } | null = null;
+  if (relaysFile) {
+    const load = () => loadRelayFile(relaysFile, { now: Math.floor(Date.now() / 1000), network });
+    const first = load();
+    const rejected = Object.entries(first.counts).filter(([, n]) => n > 0);
+    log.info(
+      `${first.relays.length} relays from ${relaysFile}` +
+        (rejected.length ? ` (ignored: ${rejected.map(([k, n]) => `${n} ${k}`).join(', ')})` : ''),
+    );
+    if (first.relays.length === 0) {
+      throw errors.badConfig(`no usable relay descriptor in ${relaysFile}`);
     }
-  }, 60_000);
+    let list = first.relays;
+    relays = () => list;
+    const reload = setInterval(() => {
+      try {
+        list = load().relays;
+      } catch {
+        /* keep the last good list */
+      }
+    }, 60_000);
+    stopDiscovery = () => clearInterval(reload);
+  } else {
+    const bootstrap = bootstrapList(p);
+    const dht = new DhtNode({
+      bootstrap,
+      host: '0.0.0.0',
+      port: 0,
+      log,
+      nodesFile: path.join(dir, 'dht-nodes.json'),
+    });
+    const finder = new RelayFinder({ dht, network, stateDir: dir, log });
+    discovery = { dht, finder };
+    await dht.start();
+    allowPorts = [dht.address().port, await finder.bind()];
+    relays = () => finder.relays();
+    const timer = setInterval(() => void finder.refresh(), refreshS * 1000);
+    stopDiscovery = () => {
+      clearInterval(timer);
+      finder.stop();
+      dht.stop();
+    };
+  }
 
   KillSwitch.removeStale();
   const device = LinuxTun.open(typeof p.dev === 'string' ? p.dev : 'shallot%d', CIRCUIT_MTU);
   ip(['link', 'set', 'dev', device.name, 'mtu', String(CIRCUIT_MTU), 'up']);
-  let killSwitch: KillSwitch | null = null;
+  // From here on nothing leaves outside the tunnel but discovery and, once
+  // chosen, the link to the guard.
+  let killSwitch: KillSwitch | null = killSwitchOn
+    ? installKillSwitch(device.name, null, allowPorts)
+    : null;
+  if (discovery) {
+    const cached = discovery.finder.loadCache();
+    if (cached >= hops) {
+      log.info(`${cached} relays in the cache; refreshing from the DHT in the background`);
+      void discovery.finder.refresh();
+    } else {
+      const started = Date.now();
+      for (let attempt = 1; ; attempt += 1) {
+        log.info(`looking up relays of network '${network}' in the DHT (attempt ${attempt})`);
+        const n = await discovery.finder.refresh();
+        if (n >= hops) {
+          log.info(`found ${n} relays in ${Date.now() - started} ms`);
+          break;
+        }
+        if (attempt >= 30) {
+          stopDiscovery();
+          killSwitch?.stop();
+          device.close();
+          throw errors.badConfig(
+            `found only ${n} relays of network '${network}' in the DHT: is --bootstrap right?`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
   let routing: ClientRouting | null = null;
   let guardKey = '';
   let addressed = false;
@@ -466,7 +652,7 @@ export async function clientCommand(argv: string[]): Promise<number> {
     return { host: a.host, port: a.port };
   };
   const node = new ClientNode({
-    relays: () => relays,
+    relays,
     transport: new UdpTransport('0.0.0.0', 0),
     device,
     hops,
@@ -481,15 +667,8 @@ export async function clientCommand(argv: string[]): Promise<number> {
       if (key === guardKey) return;
       guardKey = key;
       if (killSwitchOn) {
-        // The new table first, then the old one away: never a moment without.
-        const next = new KillSwitch({
-          tunName: device.name,
-          guard: g,
-          tableName: `shallot_client_${process.pid}${killSwitch ? 'b' : ''}`.slice(0, 40),
-        });
-        next.start();
-        killSwitch?.stop();
-        killSwitch = next;
+        // Same table name: nft replaces it in one transaction, never a gap.
+        killSwitch = installKillSwitch(device.name, g, allowPorts);
       }
       if (routing) {
         routing.stop();
@@ -516,7 +695,7 @@ export async function clientCommand(argv: string[]): Promise<number> {
     },
   });
   const stopAll = () => {
-    clearInterval(reload);
+    stopDiscovery();
     node.stop();
     routing?.stop();
     killSwitch?.stop();
@@ -536,6 +715,9 @@ export async function clientCommand(argv: string[]): Promise<number> {
       updatedAt: new Date().toISOString(),
       memory: { rss: process.memoryUsage().rss },
       killSwitch: killSwitchOn ? { blockedPackets: safeBlocked(killSwitch) } : null,
+      discovery: discovery
+        ? { dht: discovery.dht.describe(), relays: discovery.finder.describe() }
+        : { relaysFile },
       ...node.describe(),
     });
   publish('running');
@@ -547,10 +729,75 @@ export async function clientCommand(argv: string[]): Promise<number> {
   });
 }
 
+function installKillSwitch(
+  tunName: string,
+  guard: { host: string; port: number } | null,
+  allowUdpSourcePorts: number[],
+): KillSwitch {
+  const k = new KillSwitch({ tunName, guard, allowUdpSourcePorts });
+  k.start();
+  return k;
+}
+
 function safeBlocked(k: KillSwitch | null): number | null {
   try {
     return k ? k.blockedPackets() : null;
   } catch {
     return null;
   }
+}
+
+// --- bootstrap ---------------------------------------------------------------
+
+export const bootstrapSpec: CommandSpec = {
+  name: 'bootstrap',
+  summary: 'run a DHT bootstrap node for a private overlay network',
+  usage: ['shallot bootstrap --listen HOST:PORT [--state DIR]'],
+  details:
+    'A DHT node that needs no other: give its address to relays, exits and clients of a\n' +
+    'private network with --bootstrap HOST:PORT. Production networks use the mainline DHT\n' +
+    'and need none of their own.',
+  options: [
+    { name: 'listen', type: 'string', value: 'HOST:PORT', help: 'UDP address of the DHT node' },
+    { name: 'state', type: 'string', value: 'DIR', help: 'where to write status.json (optional)' },
+    common.logLevel,
+  ],
+  examples: ['shallot bootstrap --listen 10.0.0.1:6881'],
+};
+
+export async function bootstrapCommand(argv: string[]): Promise<number> {
+  const p = parseArgs(bootstrapSpec, argv);
+  const log = loggerFor(p);
+  const listen = parseHostPort(
+    requireString(p, 'listen', 'the UDP address, e.g. 10.0.0.1:6881'),
+    '--listen',
+  );
+  const dir = typeof p.state === 'string' ? p.state : null;
+  if (dir) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const dht = new DhtNode({ bootstrap: false, host: listen.host, port: listen.port, log });
+  try {
+    await dht.start();
+  } catch (e) {
+    throw bindError(e, listen.host, listen.port);
+  }
+  log.info(`DHT bootstrap node on ${listen.host}:${listen.port}`);
+  const publish = (state: string) => {
+    if (dir) {
+      writeStatus(dir, {
+        role: 'bootstrap',
+        state,
+        pid: process.pid,
+        updatedAt: new Date().toISOString(),
+        memory: { rss: process.memoryUsage().rss },
+        dht: dht.describe(),
+      });
+    }
+  };
+  publish('running');
+  const timer = setInterval(() => publish('running'), STATUS_INTERVAL_MS);
+  return untilSignal(log, () => {
+    clearInterval(timer);
+    dht.stop();
+    publish('stopped');
+  });
 }

@@ -45,6 +45,7 @@ import {
   ROLE_LISTENER,
 } from './messages.js';
 import type { DatagramTransport } from './transport.js';
+import { encodeKeyAnswer, isKeyQuery } from '../discovery/key-query.js';
 
 export type LinkState = 'handshake' | 'auth' | 'up' | 'closed';
 
@@ -110,6 +111,7 @@ export interface LinkCounters {
   };
   authFailures: number;
   unauthorized: number;
+  keyQueries: number;
 }
 
 export interface LinkEndpointOptions {
@@ -150,6 +152,8 @@ interface DialTarget {
   backoffMs: number;
   nextAttemptAt: number;
   lastFailure: string;
+  /** Redial forever (tunnels, a client's guard) or give up when the link goes (relay extends). */
+  persistent: boolean;
 }
 
 export class LinkEndpoint {
@@ -163,6 +167,7 @@ export class LinkEndpoint {
     drops: { garbage: 0, noLink: 0, peerLimit: 0, unauthenticated: 0, badMessage: 0, oversize: 0 },
     authFailures: 0,
     unauthorized: 0,
+    keyQueries: 0,
   };
   readonly peers = new Map<string, LinkPeer>();
   private readonly dialTargets = new Map<string, DialTarget>();
@@ -180,6 +185,8 @@ export class LinkEndpoint {
   private readonly deadPeerAfterMs: number;
   private readonly keepaliveIntervalMs: number;
   private readonly maxPeers: number;
+  /** Answer to the discovery key query (listening nodes only). */
+  private readonly keyAnswer: Buffer | null;
 
   constructor(private readonly options: LinkEndpointOptions) {
     const dtls = loadDtls();
@@ -195,6 +202,7 @@ export class LinkEndpoint {
     });
     this.ctx.setCookieSecrets(this.cookieSecret, null);
     this.ownCertDer = dtls.certificateDer(options.identity.link.certPem);
+    this.keyAnswer = options.listen ? encodeKeyAnswer(options.identity.publicKey) : null;
   }
 
   /** Bind the transport and start the tick. */
@@ -218,9 +226,20 @@ export class LinkEndpoint {
   }
 
   /** Keep a link to `host:port`, which must prove node id `expectedId`; redial on loss. */
-  dial(host: string, port: number, expectedId: string): void {
+  dial(
+    host: string,
+    port: number,
+    expectedId: string,
+    options: { persistent?: boolean } = {},
+  ): void {
     const key = peerKey(host, port);
-    if (this.dialTargets.has(key)) return;
+    const existing = this.dialTargets.get(key);
+    if (existing) {
+      // A newer request for another id at this address wins once the
+      // current attempt ends (a wrong id must not poison the address).
+      existing.expectedId = expectedId;
+      return;
+    }
     this.dialTargets.set(key, {
       host,
       port,
@@ -229,6 +248,7 @@ export class LinkEndpoint {
       backoffMs: C.RECONNECT_MIN_MS,
       nextAttemptAt: 0,
       lastFailure: '',
+      persistent: options.persistent ?? true,
     });
     this.connect(this.dialTargets.get(key) as DialTarget);
   }
@@ -259,6 +279,12 @@ export class LinkEndpoint {
 
   private onDatagram(data: Buffer, host: string, port: number): void {
     this.counters.rxDatagrams += 1;
+    if (this.keyAnswer && isKeyQuery(data)) {
+      // Stateless, and the answer is shorter than the question.
+      this.counters.keyQueries += 1;
+      this.options.transport.sendOne(this.keyAnswer, host, port);
+      return;
+    }
     const key = peerKey(host, port);
     const peer = this.peers.get(key);
     if (peer) {
@@ -528,7 +554,10 @@ export class LinkEndpoint {
     peer.session.free();
     if (this.peers.get(peer.key) === peer) this.peers.delete(peer.key);
     const target = this.dialTargets.get(peer.key);
-    if (target) {
+    if (target && !target.persistent) {
+      this.dialTargets.delete(peer.key);
+      if (wasUp || peer.gotAuth) this.log.info(`link to ${peer.label} closed: ${reason}`);
+    } else if (target) {
       const stable = wasUp && this.now() - peer.upSince > this.deadPeerAfterMs;
       target.backoffMs = stable
         ? C.RECONNECT_MIN_MS

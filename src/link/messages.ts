@@ -16,6 +16,8 @@ export const MSG_CREATED = 0x21;
 export const MSG_DESTROY = 0x22;
 export const MSG_FORWARD = 0x23;
 export const MSG_BACKWARD = 0x24;
+/** DESTROY toward the client (from a circuit's next hop); MSG_DESTROY goes away from it. */
+export const MSG_DESTROY_BACK = 0x25;
 
 export const AUTH_VERSION = 1;
 export const ROLE_DIALER = 0;

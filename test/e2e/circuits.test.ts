@@ -96,6 +96,7 @@ describe('onion circuits through three hops', { skip: skip ?? false, timeout: 60
       procs[n] = lab.spawn(ns[n] as string, NODE, [
         CLI,
         'relay',
+        '--no-dht',
         '--state',
         dirOf(n),
         '--listen',
@@ -108,6 +109,7 @@ describe('onion circuits through three hops', { skip: skip ?? false, timeout: 60
       procs[n] = lab.spawn(ns[n] as string, NODE, [
         CLI,
         'exit',
+        '--no-dht',
         '--state',
         dirOf(n),
         '--listen',

@@ -9,10 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { demoSpec } from '../../src/cli/demo-command.js';
-import { idSpec, keygenSpec } from '../../src/cli/identity-commands.js';
-import { statusSpec } from '../../src/cli/status-command.js';
-import { tunnelSpec } from '../../src/cli/tunnel-command.js';
+import { commands } from '../../src/cli/commands.js';
 import type { CommandSpec } from '../../src/cli/args.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -246,7 +243,7 @@ test('bad input: exit 2, one line, no stack trace', () => {
   assert.ok(!fs.existsSync(state), 'no bad command created the state directory');
 });
 
-const specs: CommandSpec[] = [demoSpec, keygenSpec, idSpec, tunnelSpec, statusSpec];
+const specs: CommandSpec[] = commands.map((c) => c.spec);
 
 test('--help: the overview lists the commands; each command documents its options', () => {
   for (const args of [['--help'], ['-h'], ['help'], []]) {

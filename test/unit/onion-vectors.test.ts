@@ -50,6 +50,7 @@ import {
   PaddingSource,
   peelForward,
   sealBackward,
+  SEQ_FLAG_FOR_THIS_HOP,
   unwrapBackward,
   wrapForward,
 } from '../../src/circuit/onion.js';
@@ -179,10 +180,12 @@ test('vector onion-forward-v1: the client wraps, hop 1 peels and forwards, hop 2
   assert.equal(r.left(), 0, 'one nonce per hop');
   assert.equal(cell.toString('hex'), field(v, 'cell'));
 
-  // Hop 1 (the guard) verifies its tag, reads its sequence number, and
-  // forwards a cell of the same size.
+  // Hop 1 (the guard) verifies its tag, reads its sequence number, finds
+  // the cell is not for it, and forwards a cell of the same size.
   const scratch = Buffer.alloc(size + 8);
   assert.equal(peelForward(new HopKeys(k1), cell, 0, size, scratch), num(v, 'hop1_seq'));
+  assert.equal(scratch[0], parseInt(field(v, 'hop1_flags'), 16));
+  assert.equal(scratch[0]! & SEQ_FLAG_FOR_THIS_HOP, 0);
   const forwarded = Buffer.from(scratch.subarray(8, 8 + size));
   assert.equal(forwarded.toString('hex'), field(v, 'hop1_forwards'));
   assert.equal(forwarded.subarray(0, 24).toString('hex'), field(v, 'hop2_nonce'));
@@ -192,6 +195,8 @@ test('vector onion-forward-v1: the client wraps, hop 1 peels and forwards, hop 2
 
   // Hop 2 verifies too and reads the relay message.
   assert.equal(peelForward(new HopKeys(k2), forwarded, 0, size, scratch), num(v, 'hop2_seq'));
+  assert.equal(scratch[0], parseInt(field(v, 'hop2_flags'), 16));
+  assert.equal(scratch[0]! & SEQ_FLAG_FOR_THIS_HOP, SEQ_FLAG_FOR_THIS_HOP, 'addressed to hop 2');
   const plain = Buffer.from(scratch.subarray(8, 8 + size));
   assert.equal(plain.subarray(0, payload.length).toString('hex'), field(v, 'hop2_reads'));
   const msg = decodeRelay(plain, 0, size);

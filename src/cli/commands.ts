@@ -1,0 +1,36 @@
+/** The commands of the `shallot` program, in the order --help lists them. */
+import type { CommandSpec } from './args.js';
+import { demoCommand, demoSpec } from './demo-command.js';
+import { idCommand, idSpec, keygenCommand, keygenSpec } from './identity-commands.js';
+import {
+  bootstrapCommand,
+  bootstrapSpec,
+  clientCommand,
+  clientSpec,
+  descriptorCommand,
+  descriptorSpec,
+  exitCommand,
+  exitSpec,
+  relayCommand,
+  relaySpec,
+} from './node-commands.js';
+import { statusCommand, statusSpec } from './status-command.js';
+import { tunnelCommand, tunnelSpec } from './tunnel-command.js';
+
+export interface Command {
+  spec: CommandSpec;
+  run: (argv: string[]) => Promise<number>;
+}
+
+export const commands: Command[] = [
+  { spec: demoSpec, run: demoCommand },
+  { spec: keygenSpec, run: keygenCommand },
+  { spec: idSpec, run: idCommand },
+  { spec: tunnelSpec, run: tunnelCommand },
+  { spec: clientSpec, run: clientCommand },
+  { spec: relaySpec, run: relayCommand },
+  { spec: exitSpec, run: exitCommand },
+  { spec: descriptorSpec, run: descriptorCommand },
+  { spec: bootstrapSpec, run: bootstrapCommand },
+  { spec: statusSpec, run: statusCommand },
+];
