@@ -261,6 +261,10 @@ export class RelayFinder {
   }
 
   describe(): object {
-    return { cached: this.cache.size, ...this.counters };
+    return {
+      cached: this.cache.size,
+      known: this.relays().map((d) => ({ id: d.id, address: d.addresses[0], exit: d.roles.exit })),
+      ...this.counters,
+    };
   }
 }
