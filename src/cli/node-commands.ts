@@ -26,6 +26,7 @@ import { loadIdentity, parseNodeId, type Identity } from '../identity.js';
 import { UdpTransport } from '../link/transport.js';
 import { createLogger, type Logger, type LogLevel } from '../log.js';
 import { formatIp, parseCidr, parseHostPort, type Cidr } from '../net/cidr.js';
+import { startMetricsServer, type MetricsServer } from '../metrics/prometheus.js';
 import { STATUS_INTERVAL_MS, writeStatus } from '../status-file.js';
 import { configureInterface, ip } from '../tun/iproute.js';
 import { LinuxTun } from '../tun/linux-tun.js';
@@ -60,6 +61,17 @@ const common = {
     type: 'string',
     value: 'LEVEL',
     help: 'debug, info (default), warn, error',
+  },
+  metrics: {
+    name: 'metrics',
+    type: 'string',
+    value: 'HOST:PORT',
+    help: 'serve Prometheus metrics at http://HOST:PORT/metrics (localhost only; off by default)',
+  },
+  metricsAllowRemote: {
+    name: 'metrics-allow-remote',
+    type: 'flag',
+    help: 'let --metrics bind to a non-loopback address (anyone reaching it reads your counters)',
   },
   config: {
     name: 'config',
@@ -114,6 +126,8 @@ const relayOptions = [
   },
   common.network,
   common.logLevel,
+  common.metrics,
+  common.metricsAllowRemote,
   common.config,
 ] as const;
 
@@ -215,6 +229,8 @@ export const clientSpec: CommandSpec = {
     },
     common.network,
     common.logLevel,
+    common.metrics,
+    common.metricsAllowRemote,
     common.config,
   ],
 };
@@ -277,6 +293,7 @@ function bindError(e: unknown, host: string, port: number): unknown {
 // --- relay and exit ----------------------------------------------------------
 
 interface RelaySetup {
+  parsed: Parsed;
   dht: { bootstrap: string[] | false; listen: { host: string; port: number } } | null;
   lifetimeS: number;
   current: { wire: Buffer; published: number } | null;
@@ -324,6 +341,7 @@ function relaySetup(p: Parsed): RelaySetup {
     log,
   });
   return {
+    parsed: p,
     identity,
     node,
     dir,
@@ -430,8 +448,9 @@ async function runRelay(
   s.log.info(
     `${role} ${s.identity.id} listening on ${s.listen.host}:${s.listen.port}; descriptor in ${path.join(s.dir, DESCRIPTOR_FILE)}`,
   );
-  const publish = (state: string) =>
-    writeStatus(s.dir, {
+  let stopReporting: (state: string) => Promise<void>;
+  try {
+    stopReporting = await startReporting(s.parsed, s.dir, (state) => ({
       role,
       state,
       pid: process.pid,
@@ -441,9 +460,14 @@ async function runRelay(
       ...s.node.describe(),
       ...(exit ? exit.describe() : {}),
       dht: dht ? { ...dht.describe(), published: publisher?.published ?? false } : null,
-    });
-  publish('running');
-  const statusTimer = setInterval(() => publish('running'), STATUS_INTERVAL_MS);
+    }));
+  } catch (e) {
+    publisher?.stop();
+    dht?.stop();
+    s.node.stop();
+    extraStop();
+    throw e;
+  }
   // Renew the descriptor at a third of its lifetime, and publish the new one.
   const refresh = setInterval(
     () => {
@@ -453,13 +477,12 @@ async function runRelay(
     Math.min(DESCRIPTOR_REFRESH_MS, Math.floor((s.lifetimeS * 1000) / 3)),
   );
   return untilSignal(s.log, () => {
-    clearInterval(statusTimer);
     clearInterval(refresh);
     publisher?.stop();
     dht?.stop();
     s.node.stop();
     extraStop();
-    publish('stopped');
+    void stopReporting('stopped');
   });
 }
 
@@ -719,8 +742,9 @@ export async function clientCommand(argv: string[]): Promise<number> {
     stopAll();
     throw e;
   }
-  const publish = (state: string) =>
-    writeStatus(dir, {
+  let stopReporting: (state: string) => Promise<void>;
+  try {
+    stopReporting = await startReporting(p, dir, (state) => ({
       role: 'client',
       state,
       pid: process.pid,
@@ -732,13 +756,14 @@ export async function clientCommand(argv: string[]): Promise<number> {
         ? { dht: discovery.dht.describe(), relays: discovery.finder.describe() }
         : { relaysFile },
       ...node.describe(),
-    });
-  publish('running');
-  const timer = setInterval(() => publish('running'), STATUS_INTERVAL_MS);
-  return untilSignal(log, () => {
-    clearInterval(timer);
+    }));
+  } catch (e) {
     stopAll();
-    publish('stopped');
+    throw e;
+  }
+  return untilSignal(log, () => {
+    stopAll();
+    void stopReporting('stopped');
   });
 }
 
@@ -750,6 +775,42 @@ function installKillSwitch(
   const k = new KillSwitch({ tunName, guard, allowUdpSourcePorts });
   k.start();
   return k;
+}
+
+/**
+ * Publish a node's status once a second in DIR/status.json and, with
+ * --metrics, the same figures for Prometheus. Returns the stop function.
+ */
+async function startReporting(
+  p: Parsed,
+  dir: string | null,
+  snapshot: (state: string) => Record<string, unknown>,
+): Promise<(finalState: string) => Promise<void>> {
+  const publish = (state: string) => {
+    if (dir) writeStatus(dir, snapshot(state));
+  };
+  publish('running');
+  const timer = setInterval(() => publish('running'), STATUS_INTERVAL_MS);
+  let server: MetricsServer | null = null;
+  if (typeof p.metrics === 'string') {
+    const hp = parseHostPort(p.metrics, '--metrics');
+    try {
+      server = await startMetricsServer({
+        host: hp.host,
+        port: hp.port,
+        snapshot: () => snapshot('running'),
+        allowRemote: p['metrics-allow-remote'] === true,
+      });
+    } catch (e) {
+      clearInterval(timer);
+      throw e;
+    }
+  }
+  return async (finalState: string) => {
+    clearInterval(timer);
+    publish(finalState);
+    await server?.close();
+  };
 }
 
 function safeBlocked(k: KillSwitch | null): number | null {
@@ -774,6 +835,8 @@ export const bootstrapSpec: CommandSpec = {
     { name: 'listen', type: 'string', value: 'HOST:PORT', help: 'UDP address of the DHT node' },
     { name: 'state', type: 'string', value: 'DIR', help: 'where to write status.json (optional)' },
     common.logLevel,
+    common.metrics,
+    common.metricsAllowRemote,
   ],
   examples: ['shallot bootstrap --listen 10.0.0.1:6881'],
 };
@@ -794,23 +857,22 @@ export async function bootstrapCommand(argv: string[]): Promise<number> {
     throw bindError(e, listen.host, listen.port);
   }
   log.info(`DHT bootstrap node on ${listen.host}:${listen.port}`);
-  const publish = (state: string) => {
-    if (dir) {
-      writeStatus(dir, {
-        role: 'bootstrap',
-        state,
-        pid: process.pid,
-        updatedAt: new Date().toISOString(),
-        memory: { rss: process.memoryUsage().rss },
-        dht: dht.describe(),
-      });
-    }
-  };
-  publish('running');
-  const timer = setInterval(() => publish('running'), STATUS_INTERVAL_MS);
-  return untilSignal(log, () => {
-    clearInterval(timer);
+  let stopReporting: (state: string) => Promise<void>;
+  try {
+    stopReporting = await startReporting(p, dir, (state) => ({
+      role: 'bootstrap',
+      state,
+      pid: process.pid,
+      updatedAt: new Date().toISOString(),
+      memory: { rss: process.memoryUsage().rss },
+      dht: dht.describe(),
+    }));
+  } catch (e) {
     dht.stop();
-    publish('stopped');
+    throw e;
+  }
+  return untilSignal(log, () => {
+    dht.stop();
+    void stopReporting('stopped');
   });
 }
