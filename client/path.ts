@@ -15,6 +15,8 @@ import { errors } from '../src/errors.js';
 import { parseIp } from '../src/net/cidr.js';
 
 export const MAX_GUARDS = 3;
+/** At most this many relays of one IPv4 /24 (IPv6 /48) take part in a path choice. */
+export const MAX_PER_NET24 = 2;
 const GUARDS_FILE = 'guards.json';
 
 /** The network a relay counts as for diversity: its IPv4 /16 or IPv6 /32. */
@@ -23,6 +25,33 @@ export function familyNet(d: Descriptor): string {
   const ip = a ? parseIp(a.host) : null;
   if (!ip) return `?${d.id}`;
   return ip.length === 4 ? `${ip[0]}.${ip[1]}` : ip.subarray(0, 4).toString('hex');
+}
+
+/** The /24 (IPv6 /48) a relay's first address is in. */
+export function net24(d: Descriptor): string {
+  const a = d.addresses[0];
+  const ip = a ? parseIp(a.host) : null;
+  if (!ip) return `?${d.id}`;
+  return ip.length === 4 ? `${ip[0]}.${ip[1]}.${ip[2]}` : ip.subarray(0, 6).toString('hex');
+}
+
+/**
+ * Keep at most MAX_PER_NET24 relays per /24, chosen at random: whoever
+ * floods the DHT with relays from one network gains little.
+ */
+export function capPerNet24(relays: Descriptor[], rnd: (n: number) => number): Descriptor[] {
+  const shuffled = [...relays];
+  for (let i = shuffled.length - 1; i > 0; i -= 1) {
+    const j = rnd(i + 1);
+    [shuffled[i], shuffled[j]] = [shuffled[j] as Descriptor, shuffled[i] as Descriptor];
+  }
+  const count = new Map<string, number>();
+  return shuffled.filter((r) => {
+    const k = net24(r);
+    const n = count.get(k) ?? 0;
+    count.set(k, n + 1);
+    return n < MAX_PER_NET24;
+  });
 }
 
 export interface PathOptions {
@@ -72,7 +101,16 @@ export class GuardList {
 
 export function selectPath(relays: Descriptor[], guards: GuardList, o: PathOptions): Descriptor[] {
   const rnd = o.random ?? ((n: number) => randomInt(n));
-  const usable = relays.filter((r) => !o.avoid.has(r.id));
+  // Chosen guards and a requested exit are exempt from the /24 cap.
+  const fresh = relays.filter((r) => !o.avoid.has(r.id));
+  const pinned = fresh.filter((r) => guards.guards.includes(r.id) || r.id === o.exitId);
+  const usable = [
+    ...pinned,
+    ...capPerNet24(
+      fresh.filter((r) => !pinned.includes(r)),
+      rnd,
+    ),
+  ];
   const exits = usable.filter((r) => r.roles.exit && (!o.exitId || r.id === o.exitId));
   if (exits.length === 0) {
     throw errors.badConfig(

@@ -172,6 +172,8 @@ export class RelayNode {
   private timer: NodeJS.Timeout | undefined;
   private readonly maxCircuits: number;
   lastHop: LastHopHandler | undefined;
+  /** The onion key before the last rotation, accepted until `until` (ms). */
+  previousOnion: { secret: Buffer; public: Buffer; until: number } | null = null;
 
   constructor(private readonly options: RelayNodeOptions) {
     this.log = options.log ?? silentLogger;
@@ -353,12 +355,20 @@ export class RelayNode {
       return;
     }
     const id = this.options.identity;
-    if (!m.onionKey.equals(id.onionPublic)) {
+    // The current onion key, or the previous one during its grace period.
+    const prev =
+      this.previousOnion && this.now() < this.previousOnion.until ? this.previousOnion : null;
+    const onion = m.onionKey.equals(id.onionPublic)
+      ? { secret: id.onionSecret, public: id.onionPublic }
+      : prev && m.onionKey.equals(prev.public)
+        ? prev
+        : null;
+    if (!onion) {
       this.counters.drops.badCreate += 1;
       this.outbox.addMessage(peer, encodeDestroy(MSG_DESTROY_BACK, m.circId, DestroyReason.badKey));
       return;
     }
-    const r = ntorServerRespond(id.publicKey, id.onionSecret, id.onionPublic, m.x, HOP_KEY_BYTES);
+    const r = ntorServerRespond(id.publicKey, onion.secret, onion.public, m.x, HOP_KEY_BYTES);
     if (!r) {
       this.counters.drops.badCreate += 1;
       this.outbox.addMessage(

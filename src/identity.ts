@@ -32,6 +32,7 @@ export interface Identity {
   publicKey: Buffer;
   /** libsodium's 64-byte Ed25519 secret key (seed || public key). */
   secretKey: Buffer;
+  /** Replaced in place by rotateOnionKey. */
   onionPublic: Buffer;
   onionSecret: Buffer;
   link: LinkCertificate;
@@ -221,4 +222,52 @@ export function loadIdentity(dir: string): Identity {
     onionPublic: x25519Public(onionSecret),
     link: { certPem, keyPem, fingerprint },
   };
+}
+
+/** How often a relay replaces its onion key, and how long the old one still works. */
+export const ONION_KEY_ROTATE_S = 7 * 24 * 3600;
+export const ONION_KEY_GRACE_S = 24 * 3600;
+
+export interface OnionKeyPair {
+  secret: Buffer;
+  public: Buffer;
+}
+
+/** Age of the current onion key in seconds (from its file's modification time). */
+export function onionKeyAgeS(dir: string): number {
+  try {
+    return (Date.now() - fs.statSync(path.join(dir, FILES.onion)).mtimeMs) / 1000;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Replace the onion key: the current one moves to onion.key.prev (still
+ * accepted for ONION_KEY_GRACE_S), a fresh one becomes current. Updates
+ * `identity` in place and returns the previous pair.
+ */
+export function rotateOnionKey(dir: string, identity: Identity): OnionKeyPair {
+  const previous = { secret: identity.onionSecret, public: identity.onionPublic };
+  writeSecret(path.join(dir, `${FILES.onion}.prev`), previous.secret.toString('hex') + '\n');
+  const secret = sodium.sodium_malloc(32);
+  sodium.randombytes_buf(secret);
+  writeSecret(path.join(dir, FILES.onion), secret.toString('hex') + '\n');
+  identity.onionSecret = secret;
+  identity.onionPublic = x25519Public(secret);
+  return previous;
+}
+
+/** The previous onion key if it is still within its grace period, else null. */
+export function loadPreviousOnionKey(dir: string): (OnionKeyPair & { until: number }) | null {
+  const file = path.join(dir, `${FILES.onion}.prev`);
+  try {
+    const retiredAt = fs.statSync(file).mtimeMs;
+    const until = retiredAt + ONION_KEY_GRACE_S * 1000;
+    if (Date.now() >= until) return null;
+    const secret = readKeyHex(file, 32);
+    return { secret, public: x25519Public(secret), until };
+  } catch {
+    return null;
+  }
 }

@@ -22,7 +22,16 @@ import { DhtNode, MAINLINE_BOOTSTRAP } from '../discovery/dht-node.js';
 import { RelayFinder } from '../discovery/finder.js';
 import { DescriptorPublisher } from '../discovery/publisher.js';
 import { errors } from '../errors.js';
-import { loadIdentity, parseNodeId, type Identity } from '../identity.js';
+import {
+  loadIdentity,
+  loadPreviousOnionKey,
+  ONION_KEY_GRACE_S,
+  ONION_KEY_ROTATE_S,
+  onionKeyAgeS,
+  parseNodeId,
+  rotateOnionKey,
+  type Identity,
+} from '../identity.js';
 import { UdpTransport } from '../link/transport.js';
 import { createLogger, type Logger, type LogLevel } from '../log.js';
 import { formatIp, parseCidr, parseHostPort, type Cidr } from '../net/cidr.js';
@@ -123,6 +132,12 @@ const relayOptions = [
     type: 'string',
     value: 'SECONDS',
     help: 'descriptor validity (default 86400); it is renewed at a third of it',
+  },
+  {
+    name: 'onion-rotate',
+    type: 'string',
+    value: 'SECONDS',
+    help: 'replace the onion key this often (default 604800, a week); the old one works 1 day more',
   },
   common.network,
   common.logLevel,
@@ -294,6 +309,7 @@ function bindError(e: unknown, host: string, port: number): unknown {
 
 interface RelaySetup {
   parsed: Parsed;
+  onionRotateS: number;
   dht: { bootstrap: string[] | false; listen: { host: string; port: number } } | null;
   lifetimeS: number;
   current: { wire: Buffer; published: number } | null;
@@ -334,6 +350,11 @@ function relaySetup(p: Parsed): RelaySetup {
     throw errors.badArgument('--descriptor-lifetime must be 10 to 604800 seconds');
   }
   const dht = dhtChoice(p, listen);
+  const onionRotateS =
+    p['onion-rotate'] === undefined ? ONION_KEY_ROTATE_S : Number(p['onion-rotate']);
+  if (!Number.isInteger(onionRotateS) || onionRotateS < 60) {
+    throw errors.badArgument('--onion-rotate must be a whole number of seconds, at least 60');
+  }
   const identity = loadIdentity(dir);
   const node = new RelayNode({
     identity,
@@ -342,6 +363,7 @@ function relaySetup(p: Parsed): RelaySetup {
   });
   return {
     parsed: p,
+    onionRotateS,
     identity,
     node,
     dir,
@@ -415,6 +437,18 @@ async function runRelay(
     extraStop();
     throw bindError(e, s.listen.host, s.listen.port);
   }
+  // Onion key rotation on a schedule; the previous key keeps working for
+  // ONION_KEY_GRACE_S so circuits being built with the old descriptor succeed.
+  const rotateIfDue = (): boolean => {
+    if (onionKeyAgeS(s.dir) < s.onionRotateS) return false;
+    const prev = rotateOnionKey(s.dir, s.identity);
+    s.node.previousOnion = { ...prev, until: Date.now() + ONION_KEY_GRACE_S * 1000 };
+    s.log.info('rotated the onion key; the previous one is honoured for 24 h');
+    return true;
+  };
+  rotateIfDue();
+  const previous = loadPreviousOnionKey(s.dir);
+  if (previous && !s.node.previousOnion) s.node.previousOnion = previous;
   publishDescriptor(s, policy);
   let dht: DhtNode | null = null;
   let publisher: DescriptorPublisher | null = null;
@@ -468,13 +502,19 @@ async function runRelay(
     extraStop();
     throw e;
   }
-  // Renew the descriptor at a third of its lifetime, and publish the new one.
+  // Renew the descriptor at a third of its lifetime, and publish the new
+  // one; publish at once when the onion key rotates.
+  const renewMs = Math.min(DESCRIPTOR_REFRESH_MS, Math.floor((s.lifetimeS * 1000) / 3));
+  let lastRenew = Date.now();
   const refresh = setInterval(
     () => {
+      const rotated = rotateIfDue();
+      if (!rotated && Date.now() - lastRenew < renewMs) return;
+      lastRenew = Date.now();
       publishDescriptor(s, policy);
       void publisher?.publishNow();
     },
-    Math.min(DESCRIPTOR_REFRESH_MS, Math.floor((s.lifetimeS * 1000) / 3)),
+    Math.min(renewMs, 30_000),
   );
   return untilSignal(s.log, () => {
     clearInterval(refresh);

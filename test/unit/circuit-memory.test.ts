@@ -14,7 +14,10 @@ import {
   verifyDescriptor,
   type Descriptor,
 } from '../../src/descriptor/descriptor.js';
-import { ephemeralIdentity, type Identity } from '../../src/identity.js';
+import { ephemeralIdentity, rotateOnionKey, type Identity } from '../../src/identity.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { MemoryNetwork } from '../../src/link/transport.js';
 import { parseCidr } from '../../src/net/cidr.js';
 import { MemoryDevice } from '../../src/tun/device.js';
@@ -84,7 +87,7 @@ async function overlay(net: MemoryNetwork) {
     exitRelay.stop();
   });
   const exitDesc = describe(exitId, '10.5.0.2', 7000, true);
-  return { relays, exitRelay, exit, exitDevice, exitDesc };
+  return { relays, exitRelay, exit, exitDevice, exitDesc, exitId };
 }
 
 test('a client reaches the exit through a 3-hop circuit and replies come back', async () => {
@@ -170,4 +173,39 @@ test('circuits build through 15% loss: CREATE, EXTEND and LEASE are retransmitte
   stops.push(() => client.stop());
   await waitFor('circuit through loss', () => client.ready, 40_000, 50);
   assert.equal(o.exit.counters.leases, 1, 'one lease however many LEASE retransmissions');
+});
+
+test('onion key rotation: the previous key works during its grace period, then is refused', async () => {
+  const net = new MemoryNetwork();
+  const o = await overlay(net);
+  const oldDesc = o.exitDesc;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shallot-rot-'));
+  const prev = rotateOnionKey(dir, o.exitId);
+  fs.rmSync(dir, { recursive: true, force: true });
+  o.exitRelay.previousOnion = { ...prev, until: Date.now() + 60_000 };
+  const client = (host: string, desc: Descriptor) => {
+    const c = new ClientNode({
+      relays: () => [desc],
+      transport: net.transport(host, 40000),
+      device: new MemoryDevice(),
+      hops: 1,
+      stateDir: null,
+    });
+    stops.push(() => c.stop());
+    return c;
+  };
+  const withOld = client('10.9.1.1', oldDesc);
+  await withOld.start();
+  await waitFor('circuit with the previous onion key', () => withOld.ready, 10_000, 20);
+  const newDesc = describe(o.exitId, '10.5.0.2', 7000, true);
+  assert.ok(!newDesc.onionKey.equals(oldDesc.onionKey), 'the descriptor carries the new key');
+  const withNew = client('10.9.1.2', newDesc);
+  await withNew.start();
+  await waitFor('circuit with the new onion key', () => withNew.ready, 10_000, 20);
+  o.exitRelay.previousOnion = { ...prev, until: Date.now() - 1 };
+  const before = o.exitRelay.counters.drops.badCreate;
+  const late = client('10.9.1.3', oldDesc);
+  await late.start();
+  await waitFor('refused', () => o.exitRelay.counters.drops.badCreate > before, 10_000, 20);
+  assert.equal(late.ready, false);
 });
