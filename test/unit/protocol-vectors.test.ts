@@ -10,6 +10,13 @@ import { decodeAddresses, encodeAddresses } from '../../src/direct/attributes.js
 import { authTranscript, signAuth, verifyAuth } from '../../src/link/auth.js';
 import { decodeClose, encodeClose, type CloseReasonCode } from '../../src/link/messages.js';
 import { parseCidr } from '../../src/net/cidr.js';
+import { networkInfoHash } from '../../src/discovery/dht-node.js';
+import {
+  decodeKeyAnswer,
+  encodeKeyAnswer,
+  encodeKeyQuery,
+  isKeyQuery,
+} from '../../src/discovery/key-query.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const doc = fs.readFileSync(path.resolve(here, '..', '..', '..', 'docs', 'protocol.md'), 'utf8');
@@ -62,4 +69,17 @@ test('vector addresses-v1', () => {
     decodeAddresses(hex(v.encoding))?.map((c) => c.text),
     list.map((c) => c.text),
   );
+});
+
+test('vector dht-infohash-v1 and key-query-v1', () => {
+  const v = vector('dht-infohash-v1');
+  assert.equal(networkInfoHash(v.network ?? '').toString('hex'), v.infohash);
+  assert.equal(networkInfoHash(v.network2 ?? '').toString('hex'), v.infohash2);
+  const k = vector('key-query-v1');
+  assert.equal(encodeKeyQuery().toString('hex'), k.query);
+  assert.equal(encodeKeyAnswer(hex(k.public_key)).toString('hex'), k.answer);
+  assert.ok(isKeyQuery(hex(k.query)));
+  assert.deepEqual(decodeKeyAnswer(hex(k.answer)), hex(k.public_key));
+  assert.equal(decodeKeyAnswer(hex(k.answer).subarray(0, 36)), null);
+  assert.equal(isKeyQuery(hex(k.query).subarray(0, 63)), false);
 });
