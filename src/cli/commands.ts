@@ -16,6 +16,7 @@ import {
 } from './node-commands.js';
 import { statusCommand, statusSpec } from './status-command.js';
 import { tunnelCommand, tunnelSpec } from './tunnel-command.js';
+import { testnetCommand, testnetSpec } from '../testnet/testnet-command.js';
 
 export interface Command {
   spec: CommandSpec;
@@ -23,6 +24,7 @@ export interface Command {
 }
 
 export const commands: Command[] = [
+  { spec: testnetSpec, run: testnetCommand },
   { spec: demoSpec, run: demoCommand },
   { spec: keygenSpec, run: keygenCommand },
   { spec: idSpec, run: idCommand },

@@ -41,7 +41,9 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`shallot: unknown command '${name}' (see shallot --help)`);
     return 2;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  // Options after a lone '--' belong to another program (testnet exec).
+  const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (own.includes('--help') || own.includes('-h')) {
     console.log(formatHelp(cmd.spec));
     return 0;
   }
