@@ -167,6 +167,7 @@ export class RelayNode {
   private circuitCount = 0;
   private readonly scratch = Buffer.alloc(CELL_SIZES[1] + 8);
   private readonly cellOut = Buffer.alloc(CELL_SIZES[1]);
+  private readonly msgOut = Buffer.alloc(CELL_SIZES[1]);
   private readonly log: Logger;
   private readonly now: () => number;
   private timer: NodeJS.Timeout | undefined;
@@ -319,7 +320,8 @@ export class RelayNode {
     off = 0,
     len = body.length,
   ): void {
-    const msg = Buffer.allocUnsafe(3 + len);
+    if (3 + len > this.msgOut.length) return;
+    const msg = this.msgOut.subarray(0, 3 + len);
     msg[0] = command;
     msg.writeUInt16BE(len, 1);
     body.copy(msg, 3, off, off + len);

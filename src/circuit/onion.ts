@@ -106,10 +106,12 @@ function writeSeq(buf: Buffer, o: number, seq: number): void {
 }
 
 /** `len` bytes of the XChaCha20 stream (key, nonce) that start at byte `offset` of block 1. */
+/** Valid until the next call (a shared buffer). */
 function keystream(key: Buffer, nonce: Buffer, offset: number, len: number): Buffer {
   const block = Math.floor(offset / 64);
   const skip = offset - block * 64;
-  const tmp = Buffer.alloc(skip + len);
+  const tmp = ksTmp.subarray(0, skip + len);
+  tmp.fill(0);
   sodium.crypto_stream_xchacha20_xor_ic(tmp, tmp, nonce, 1 + block, key);
   return tmp.subarray(skip);
 }
@@ -165,54 +167,66 @@ export function wrapForward(
   random: (buf: Buffer) => void = sodium.randombytes_buf,
 ): void {
   const n = hops.length;
-  if (n < 1) throw new RangeError('a circuit has at least one hop');
+  if (n < 1 || n > MAX_WRAP_HOPS) throw new RangeError('a circuit has 1 to 8 hops');
+  if (size > MAX_CELL_BYTES) throw new RangeError('cell too large');
   if (payload.length > forwardCapacity(size, n)) throw new RangeError('payload too large for cell');
-  const nonces: Buffer[] = [];
-  for (let i = 0; i < n; i += 1) {
-    const nn = Buffer.allocUnsafe(NONCE_BYTES);
-    random(nn);
-    nonces.push(nn);
-  }
+  // Work buffers are module-level and reused: no allocation per cell on
+  // the client's hot path (the process is single-threaded).
+  const nonces = wrapNonces;
+  for (let i = 0; i < n; i += 1) random(nonces[i]!);
   // Filler: what hops 1..n-1 append, as the last hop will see it.
-  let phi = Buffer.alloc(0);
+  let phi = phiA;
+  let phiLen = 0;
   for (let h = 1; h < n; h += 1) {
     const seg = keystream(hops[h - 1]!.forward, nonces[h - 1]!, 8 + size - 48 * h, 48 * h);
-    const next = Buffer.allocUnsafe(48 * h);
-    for (let j = 0; j < phi.length; j += 1) next[j] = phi[j]! ^ seg[j]!;
-    seg.copy(next, phi.length, phi.length);
+    const next = phi === phiA ? phiB : phiA;
+    for (let j = 0; j < phiLen; j += 1) next[j] = phi[j]! ^ seg[j]!;
+    seg.copy(next, phiLen, phiLen);
     phi = next;
+    phiLen = 48 * h;
   }
   const cLen = size - NONCE_BYTES - TAG_BYTES;
   // The last hop's layer: seq, payload, padding; its tail forced to the filler.
-  let cell = Buffer.allocUnsafe(size);
-  const m = Buffer.allocUnsafe(cLen);
+  let cell = cellA;
+  const m = wrapM.subarray(0, cLen);
   writeSeq(m, 0, seqs[n - 1]!);
   // The last hop is told the cell is for it, even if it has a next hop:
   // an EXTEND resent after a lost EXTENDED must not be forwarded.
   m[0] = SEQ_FLAG_FOR_THIS_HOP;
   payload.copy(m, SEQ_BYTES);
   padding.fill(m.subarray(SEQ_BYTES + payload.length));
-  sealForwardLayer(hops[n - 1]!, nonces[n - 1]!, m, cell, phi);
+  sealForwardLayer(hops[n - 1]!, nonces[n - 1]!, m, cell, size, phi.subarray(0, phiLen));
   // Outer layers, innermost first.
   for (let i = n - 2; i >= 0; i -= 1) {
     writeSeq(m, 0, seqs[i]!);
     cell.copy(m, SEQ_BYTES, 0, size - FORWARD_HOP_OVERHEAD);
-    const outer = Buffer.allocUnsafe(size);
-    sealForwardLayer(hops[i]!, nonces[i]!, m, outer, null);
+    const outer = cell === cellA ? cellB : cellA;
+    sealForwardLayer(hops[i]!, nonces[i]!, m, outer, size, null);
     cell = outer;
   }
   cell.copy(out, 0, 0, size);
 }
+
+const MAX_WRAP_HOPS = 8;
+const MAX_CELL_BYTES = 2048;
+const wrapNonces = Array.from({ length: MAX_WRAP_HOPS }, () => Buffer.alloc(NONCE_BYTES));
+const phiA = Buffer.alloc(48 * MAX_WRAP_HOPS);
+const phiB = Buffer.alloc(48 * MAX_WRAP_HOPS);
+const cellA = Buffer.alloc(MAX_CELL_BYTES);
+const cellB = Buffer.alloc(MAX_CELL_BYTES);
+const wrapM = Buffer.alloc(MAX_CELL_BYTES);
+const ksTmp = Buffer.alloc(64 + 48 * MAX_WRAP_HOPS);
 
 function sealForwardLayer(
   keys: HopKeys,
   nonce: Buffer,
   m: Buffer,
   cell: Buffer,
+  size: number,
   tail: Buffer | null,
 ): void {
   nonce.copy(cell, 0);
-  const c = cell.subarray(NONCE_BYTES + TAG_BYTES);
+  const c = cell.subarray(NONCE_BYTES + TAG_BYTES, size);
   sodium.crypto_stream_xchacha20_xor_ic(c, m, nonce, 1, keys.forward);
   if (tail && tail.length > 0) tail.copy(c, c.length - tail.length);
   sodium.crypto_stream_xchacha20(polyKey, nonce, keys.forward);
