@@ -34,7 +34,7 @@ import {
 } from '../identity.js';
 import { UdpTransport } from '../link/transport.js';
 import { createLogger, type Logger, type LogLevel } from '../log.js';
-import { formatIp, parseCidr, parseHostPort, type Cidr } from '../net/cidr.js';
+import { formatIp, parseCidr, parseHostPort, parseIp, type Cidr } from '../net/cidr.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/prometheus.js';
 import { STATUS_INTERVAL_MS, writeStatus } from '../status-file.js';
 import { configureInterface, ip } from '../tun/iproute.js';
@@ -232,6 +232,12 @@ export const clientSpec: CommandSpec = {
       help: 'route only these networks through the circuit',
     },
     { name: 'dev', type: 'string', value: 'NAME', help: 'TUN device name (default shallot%d)' },
+    {
+      name: 'dns',
+      type: 'list',
+      value: 'IP,...',
+      help: 'resolvers to reach through the circuit in --split mode (full tunnel: all DNS goes through it)',
+    },
     {
       name: 'no-kill-switch',
       type: 'flag',
@@ -637,6 +643,12 @@ export async function clientCommand(argv: string[]): Promise<number> {
     exitId = id.toString('hex');
   }
   const split = ((p.split as string[] | undefined) ?? []).map((c) => parseCidr(c, '--split'));
+  for (const d of (p.dns as string[] | undefined) ?? []) {
+    const ipb = parseIp(d);
+    if (!ipb) throw errors.badArgument(`--dns '${d}' is not an IP address`);
+    // In split mode the resolver is routed into the circuit like the listed networks.
+    if (split.length > 0) split.push(parseCidr(`${d}/${ipb.length === 4 ? 32 : 128}`, '--dns'));
+  }
   const killSwitchOn = split.length === 0 && p['no-kill-switch'] !== true;
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   let relays: () => Descriptor[];
