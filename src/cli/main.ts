@@ -50,20 +50,28 @@ export async function main(argv: string[]): Promise<number> {
   return cmd.run(rest);
 }
 
+/**
+ * Once a command is done (a node stopped, or failed), leave: a library
+ * timer or socket that lingers must not keep the process alive. Output is
+ * given a moment to drain first.
+ */
+function leave(code: number): void {
+  process.exitCode = code;
+  setTimeout(() => process.exit(code), 1500).unref();
+}
+
 main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
+  (code) => leave(code),
   (e: unknown) => {
     if (isUserError(e)) {
       console.error(`shallot: ${e.message}`);
-      process.exitCode = 2;
+      leave(2);
     } else if (e instanceof ShallotError) {
       console.error(`shallot: ${e.message}`);
-      process.exitCode = 1;
+      leave(1);
     } else {
       console.error('shallot: internal error:', e);
-      process.exitCode = 1;
+      leave(1);
     }
   },
 );

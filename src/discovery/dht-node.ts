@@ -105,13 +105,15 @@ export class DhtNode {
     });
     this.dht = dht;
     dht.on('warning', () => undefined);
-    this.restoreNodes(dht);
     return new Promise((resolve, reject) => {
       const onError = (e: Error) => reject(e);
       dht.once('error', onError);
       dht.listen(this.options.port, this.options.host, () => {
         dht.off('error', onError);
         dht.on('error', (e: Error) => this.log.warn(`dht: ${e.message}`));
+        // Only now: addNode pings, and a ping before listen() would bind
+        // the socket to a random port (and make listen() throw).
+        this.restoreNodes(dht);
         resolve();
       });
     });
@@ -285,6 +287,7 @@ function withDeadline<T>(
   return new Promise((resolve) => {
     let settled = false;
     const timer = setTimeout(() => finish(fallback), ms);
+    timer.unref(); // a pending lookup must not keep a stopping process alive
     const finish = (v: T) => {
       if (settled) return;
       settled = true;
