@@ -68,6 +68,13 @@ export interface ExitPolicyOptions {
   rules?: PolicyRule[];
   /** The exit's own addresses/networks: always rejected. */
   ownNetworks?: Cidr[];
+  /**
+   * The exit's own public UDP services (its link port and DHT port) on its
+   * own addresses: accepted, so that a client's discovery traffic, which
+   * goes through its circuit, can reach the exit it uses. Nothing else on
+   * the exit's addresses is ever reachable.
+   */
+  ownUdpServices?: { addresses: Cidr[]; ports: number[] };
 }
 
 const TCP = 6;
@@ -327,6 +334,8 @@ export class ExitPolicy {
   private embedded4 = -1;
   /** TCP/UDP destination port, or -1 (other protocol, non-first fragment). */
   private port = -1;
+  private udp = false;
+  private readonly servicesC: ReturnType<typeof compile>[];
 
   constructor(options: ExitPolicyOptions = {}) {
     this.allow = options.allow ?? [];
@@ -339,6 +348,15 @@ export class ExitPolicy {
     }));
     this.hard4 = [...HARD_V4, ...own.filter((o) => o.rule.family === 4)];
     this.hard6 = [...HARD_V6, ...own.filter((o) => o.rule.family === 6)];
+    const svc = options.ownUdpServices;
+    const ports = (svc?.ports ?? []).filter((p) => Number.isInteger(p) && p > 0 && p < 65536);
+    this.servicesC = ports.length
+      ? (svc?.addresses ?? []).flatMap((c) =>
+          ports.map((p) =>
+            compile({ ...c, prefix: c.family === 4 ? 32 : 128 }, { from: p, to: p }, true),
+          ),
+        )
+      : [];
   }
 
   /** A short human text of the policy, e.g. for a descriptor. */
@@ -354,6 +372,7 @@ export class ExitPolicy {
   decide(packet: Buffer, offset: number, len: number): Verdict {
     try {
       if (!this.parse(packet, offset, len)) return malformed();
+      if (this.udp) for (const r of this.servicesC) if (this.matches(r)) return ACCEPT;
       const hard = this.classify(this.hard4, this.hard6);
       if (hard) return this.reject(hard);
       for (const r of this.allowC) if (this.matches(r)) return ACCEPT;
@@ -412,6 +431,7 @@ export class ExitPolicy {
     if (offset < 0 || len < 1 || offset + len > buf.length) return false;
     this.buf = buf;
     this.port = -1;
+    this.udp = false;
     this.embedded4 = -1;
     const version = (buf[offset] as number) >> 4;
     if (version === 4) {
@@ -426,6 +446,7 @@ export class ExitPolicy {
       if ((proto === TCP || proto === UDP) && fragOffset === 0) {
         if (ihl + 4 > total) return false;
         this.port = buf.readUInt16BE(offset + ihl + 2);
+        this.udp = proto === UDP;
       }
       return true;
     }
@@ -467,6 +488,7 @@ export class ExitPolicy {
     if (next === TCP || next === UDP) {
       if (pos + 4 > end) return false;
       this.port = buf.readUInt16BE(offset + pos + 2);
+      this.udp = next === UDP;
     }
     return true;
   }

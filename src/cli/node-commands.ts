@@ -559,7 +559,18 @@ export async function exitCommand(argv: string[]): Promise<number> {
   const allow = parseAllowList((p.allow as string[] | undefined) ?? []);
   const rules = typeof p.policy === 'string' ? parsePolicyFile(p.policy) : [];
   const own = [...ownNetworks(), pool, ...(pool6 ? [pool6] : [])];
-  const policy = new ExitPolicy({ allow, rules, ownNetworks: own });
+  const ownAddresses = ownNetworks();
+  const policy = new ExitPolicy({
+    allow,
+    rules,
+    ownNetworks: own,
+    // Clients look relays up through their circuit: let them reach this
+    // exit's own link port (key query) and DHT node, nothing else of it.
+    ownUdpServices: {
+      addresses: ownAddresses,
+      ports: [s.listen.port, ...(s.dht ? [s.dht.listen.port] : [])],
+    },
+  });
   const addresses = new AddressPool(pool, pool6);
   let summary = policy.summary();
   if (summary.length > 200) summary = summary.slice(0, 196) + ' ...';

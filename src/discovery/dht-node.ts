@@ -142,9 +142,25 @@ export class DhtNode {
     return true;
   }
 
+  /**
+   * bittorrent-dht reuses the node list of a target's last lookup for 5
+   * minutes; a relay's first one, at start, knows only the bootstrap node.
+   * Forget it so that every announce and put looks up the closest nodes
+   * afresh (otherwise only the bootstrap node would hold our items).
+   */
+  private forgetTable(target: Buffer): void {
+    const tables = (this.dht as unknown as { _tables?: { remove?: (k: string) => void } })?._tables;
+    try {
+      tables?.remove?.(target.toString('hex'));
+    } catch {
+      /* private API changed: announces then reuse the cached nodes */
+    }
+  }
+
   announce(infoHash: Buffer, port: number): Promise<boolean> {
     const dht = this.dht;
     if (!dht) return Promise.resolve(false);
+    this.forgetTable(infoHash);
     return withDeadline(LOOKUP_TIMEOUT_MS, false, (done) =>
       dht.announce(infoHash, port, (err) => {
         if (err) {
@@ -181,6 +197,7 @@ export class DhtNode {
   putMutable(identity: Identity, value: Buffer, seq: number): Promise<boolean> {
     const dht = this.dht;
     if (!dht) return Promise.resolve(false);
+    this.forgetTable(mutableTarget(identity.publicKey));
     return withDeadline(PUT_TIMEOUT_MS, false, (done) =>
       dht.put(
         {
