@@ -237,6 +237,12 @@ export class ClientNode {
         allowSameSubnet: this.options.allowSameSubnet ?? false,
       });
     } catch (e) {
+      if (this.avoid.size > 0) {
+        // Every candidate was marked failed (our own network was down, so
+        // every relay looked dead): forget the marks and try them again.
+        this.avoid.clear();
+        throw e;
+      }
       if (this.exitId && this.exitId !== this.options.exitId) {
         // The exit we leased from is gone: any exit will do now (new address).
         this.exitId = this.options.exitId;
