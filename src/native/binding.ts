@@ -180,6 +180,159 @@ export interface NativeTun {
   close(fd: number): void;
 }
 
+/** Records of NativeUdp.startReading: [u8 4][addr 4][u16 port][u16 len] before the bytes. */
+export const UDP_RECORD_HEADER_V4 = 9;
+/** [u8 6][addr 16][u32 scope id][u16 port][u16 len] before the bytes. */
+export const UDP_RECORD_HEADER_V6 = 25;
+
+export interface NativeUdp {
+  /**
+   * A non-blocking UDP socket (IPV6_V6ONLY for family 6) bound to
+   * `host:port` (an IP literal; a link-local IPv6 address may carry
+   * "%interface"; port 0 picks one). SO_RCVBUF and SO_SNDBUF are set to
+   * `bufferBytes` (0: leave the defaults), with the FORCE variants first so
+   * that root passes net.core.*mem_max; the kernel reports double the value
+   * it grants, as usual. A failed bind throws an Error with Node's `code`
+   * ('EADDRINUSE', 'EADDRNOTAVAIL', ...), `errno` and `syscall`; a host
+   * that is not an address of that family throws TypeError.
+   * `gso` (default true): send runs of equal-size datagrams to one
+   * destination as one UDP GSO message (UDP_SEGMENT) when the kernel has it;
+   * a message the kernel refuses turns it off for the socket and is sent
+   * datagram by datagram instead.
+   */
+  open(
+    family: 4 | 6,
+    host: string,
+    port: number,
+    bufferBytes: number,
+    gso?: boolean,
+  ): {
+    fd: number;
+    /** The bound port. */
+    port: number;
+    /** The bound address, as Node's socket.address() prints it. */
+    address: string;
+    recvBufferBytes: number;
+    sendBufferBytes: number;
+    /** True if sends use UDP GSO. */
+    gso: boolean;
+  };
+  /**
+   * Start polling `fd` on Node's loop. A wake-up runs up to 4 recvmmsg()
+   * calls of up to `maxBatch` datagrams each (fewer when the queue runs
+   * dry) and calls `onDatagrams(buf, len, count)` once per call that got
+   * any. `buf` is one reused Buffer, valid only during the call (so is any
+   * view of it); its `len` bytes are `count` records back to back:
+   *   IPv4: [u8 4][addr 4][u16 port][u16 len][bytes]
+   *   IPv6: [u8 6][addr 16][u32 scope id][u16 port][u16 len][bytes]
+   * (big-endian). Datagrams longer than `maxDatagram` are consumed, dropped
+   * and counted (stats().oversize). Limits: maxBatch 1..1024, maxDatagram
+   * 1..65535, maxBatch * (maxDatagram + 25) <= 64 MiB. Throws (code
+   * ERR_UDP_ALREADY_READING) if `fd` is already being read. If onDatagrams
+   * throws, the error goes to process 'uncaughtException' and reading goes
+   * on. stopReading()/close() may be called from onDatagrams.
+   */
+  startReading(
+    fd: number,
+    maxBatch: number,
+    maxDatagram: number,
+    onDatagrams: (buf: Buffer, len: number, count: number) => void,
+  ): void;
+  /** Stop polling `fd` (idempotent). */
+  stopReading(fd: number): void;
+  /**
+   * Send every datagram of a packed batch ([u16 len][bytes]..., `len`
+   * bytes of `packed`) to one destination with sendmmsg(), up to 64
+   * messages per call (a message is one datagram, or with GSO a run of up
+   * to 64 equal-size ones), partial sends retried. `addr` is 4 (family 4) or 16 (family 6)
+   * bytes; `scopeId` (default 0) is the IPv6 interface index. Returns the
+   * number of datagrams sent. When the kernel says EAGAIN/ENOBUFS the rest
+   * of the batch is dropped (stats().sendDropped); a datagram refused
+   * otherwise (EMSGSIZE, ENETUNREACH, EPERM, a destination of the other
+   * family...) is counted in stats().sendErrors and the rest go on. A
+   * malformed batch (a length running past `len`) throws RangeError and
+   * sends nothing. The batch buffer may be reused as soon as this returns.
+   */
+  sendBatch(
+    fd: number,
+    packed: Buffer,
+    len: number,
+    family: 4 | 6,
+    addr: Buffer,
+    port: number,
+    scopeId?: number,
+  ): number;
+  /**
+   * Send several packed batches to several destinations in one go, as
+   * sendBatch does. `buf` holds `len` bytes of groups, back to back:
+   *   IPv4: [u8 4][addr 4][u16 port][u32 n][n bytes of a packed batch]
+   *   IPv6: [u8 6][addr 16][u32 scope id][u16 port][u32 n][n bytes ...]
+   * (big-endian). Everything is validated first: a malformed buffer throws
+   * RangeError and sends nothing. Returns the number of datagrams sent.
+   */
+  sendGroups(fd: number, buf: Buffer, len: number): number;
+  /** Send one datagram, as sendBatch does; returns 1 if sent, else 0. */
+  sendTo(
+    fd: number,
+    data: Buffer,
+    family: 4 | 6,
+    addr: Buffer,
+    port: number,
+    scopeId?: number,
+  ): number;
+  /** Counters of the socket. */
+  stats(fd: number): {
+    /** Datagrams delivered to onDatagrams. */
+    received: number;
+    /** Datagrams dropped for being longer than maxDatagram. */
+    oversize: number;
+    /** Receive errors. */
+    errors: number;
+    /** onDatagrams calls: received / callbacks is the mean batch. */
+    callbacks: number;
+    /** Datagrams the kernel accepted. */
+    sent: number;
+    /** Datagrams dropped because the kernel said EAGAIN/ENOBUFS. */
+    sendDropped: number;
+    /** Datagrams the kernel refused otherwise. */
+    sendErrors: number;
+    /**
+     * True while the fd is polled. An error that cannot clear stops
+     * polling by itself: `errors` grows, this turns false and `lastError`
+     * says why.
+     */
+    reading: boolean;
+    /** strerror() of the last receive error, or '' if none. */
+    lastError: string;
+    /** strerror() of the last send error (not EAGAIN/ENOBUFS), or ''. */
+    lastSendError: string;
+    /** True while sends use UDP GSO. */
+    gso: boolean;
+    /** GSO messages sent (each more than one datagram). */
+    gsoSends: number;
+    /** GSO messages the kernel refused (then sent datagram by datagram). */
+    gsoFallbacks: number;
+    /** strerror() of why GSO is off, or '' (on, or not asked for). */
+    gsoError: string;
+  };
+  /**
+   * Close the fd (stops polling first). Every call but stopReading()
+   * throws (code ERR_UDP_UNKNOWN_FD) for an fd this addon did not open, so
+   * a second close() cannot close an unrelated file that reused the number.
+   */
+  close(fd: number): void;
+  /**
+   * An IP literal as bytes ("fe80::1%eth0" gives its interface index as
+   * scopeId), or null if `host` is not one. For cache misses only.
+   */
+  parseAddress(host: string): { family: 4 | 6; addr: Buffer; scopeId: number } | null;
+  /**
+   * Address bytes as Node prints rinfo.address (a link-local IPv6 address
+   * with a scope id gets "%interface"). For cache misses only.
+   */
+  formatAddress(family: 4 | 6, addr: Buffer, scopeId: number): string;
+}
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 // dist/src/native -> repository root
 const root = path.resolve(here, '..', '..', '..');
@@ -187,6 +340,7 @@ const require = createRequire(import.meta.url);
 
 let dtls: NativeDtls | undefined;
 let tun: NativeTun | undefined;
+let udp: NativeUdp | undefined;
 
 export function loadDtls(): NativeDtls {
   dtls ??= require(path.join(root, 'build', 'Release', 'shallot_dtls.node')) as NativeDtls;
@@ -196,4 +350,9 @@ export function loadDtls(): NativeDtls {
 export function loadTun(): NativeTun {
   tun ??= require(path.join(root, 'build', 'Release', 'shallot_tun.node')) as NativeTun;
   return tun;
+}
+
+export function loadUdp(): NativeUdp {
+  udp ??= require(path.join(root, 'build', 'Release', 'shallot_udp.node')) as NativeUdp;
+  return udp;
 }
