@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Packr } from 'msgpackr';
 import sodium from 'sodium-native';
@@ -600,8 +600,19 @@ test('text form: unpadded base64url only, one canonical text per wire', () => {
   assert.equal(descriptorFromText(42 as unknown as string), null);
 });
 
-function tmpFile(content: string): string {
+const tmpDirs: string[] = [];
+after(() => {
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tmpDir(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shallot-desc-'));
+  tmpDirs.push(dir);
+  return dir;
+}
+
+function tmpFile(content: string): string {
+  const dir = tmpDir();
   const file = path.join(dir, 'relays.txt');
   fs.writeFileSync(file, content);
   return file;
@@ -717,7 +728,7 @@ test('relay file: at most 10,000 lines are considered', () => {
 });
 
 test('relay file: missing or unreadable file is a one-line user error', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shallot-desc-'));
+  const dir = tmpDir();
   for (const [file, words] of [
     [path.join(dir, 'nope.txt'), 'does not exist'],
     [dir, 'is a directory'],
