@@ -633,6 +633,7 @@ export class LinkEndpoint {
     return {
       address: this.options.transport.address(),
       counters: this.counters,
+      socket: this.options.transport.stats?.() ?? null,
       peers: [...this.peers.values()].map((p) => ({
         id: p.id,
         address: formatHostPort(p.host, p.port),

@@ -28,6 +28,8 @@ export interface DatagramTransport {
   /** Send one datagram (copied if the implementation needs to keep it). */
   sendOne(data: Buffer, host: string, port: number): void;
   close(): void;
+  /** Socket counters for status output, where the transport has them. */
+  stats?(): object;
 }
 
 /** 7 MB socket buffers: wireguard-go measured about +29% from this alone. */
@@ -48,13 +50,17 @@ const ADDRESS_CACHE_ENTRIES = 4096;
  */
 const STAGE_BYTES = 256 * 1024;
 /**
- * UDP GSO (runs of equal-size datagrams to one peer leave as one kernel
- * send, segmented below IP) is opt-in with SHALLOT_UDP_GSO=1: it saves
- * about 7% of the CPU per byte on a 3-hop circuit, but a packet capture
- * on a GSO-capable device (veth) then shows one frame per run instead of
- * one per datagram, which test/e2e/direct.test.ts counts.
+ * UDP segmentation offloads, on by default where the kernel has them:
+ * GSO sends a run of equal-size datagrams to one peer as one kernel send,
+ * segmented as late as the path allows; GRO lets the kernel hand a run
+ * from one peer to a single recvmmsg() slot. Together about +10% on a
+ * 3-hop circuit on one machine (npm run bench). The bytes on the wire are
+ * the same datagrams either way; a packet capture on a GSO-capable device
+ * (veth) may show a run as one frame. SHALLOT_UDP_GSO=0 / SHALLOT_UDP_GRO=0
+ * turn them off (for comparisons and odd kernels).
  */
-const USE_GSO = process.env.SHALLOT_UDP_GSO === '1';
+const USE_GSO = process.env.SHALLOT_UDP_GSO !== '0';
+const USE_GRO = process.env.SHALLOT_UDP_GRO !== '0';
 
 interface Destination {
   family: 4 | 6;
@@ -89,9 +95,9 @@ function int32At(b: Buffer, o: number): number {
 /**
  * The real transport: a native socket (src/native/udp_addon.c) read with
  * recvmmsg() on Node's loop and written with sendmmsg(), so a batch costs
- * one JS call and one syscall instead of one of each per datagram (and,
- * with SHALLOT_UDP_GSO=1, a run of equal-size datagrams to one peer as one
- * UDP GSO message where the kernel has it).
+ * one JS call and one syscall instead of one of each per datagram (and a
+ * run of equal-size datagrams to one peer as one UDP GSO message where the
+ * kernel has it).
  *
  * The receiver gets each datagram as a view of the addon's reused buffer:
  * it is valid only during the call (the endpoint hands it to DTLS, which
@@ -119,6 +125,10 @@ export class UdpTransport implements DatagramTransport {
   private inBatch = false;
   private readonly stage = Buffer.alloc(STAGE_BYTES);
   private stageLen = 0;
+  /** Where the length field of the last staged group is (-1: none), and its peer. */
+  private lastGroup = -1;
+  private lastDest: Destination | null = null;
+  private lastPort = 0;
 
   constructor(
     private readonly host: string,
@@ -131,7 +141,7 @@ export class UdpTransport implements DatagramTransport {
     if (this.started) return Promise.reject(new Error('UdpTransport already started'));
     try {
       const family = net.isIPv6(this.host) ? 6 : 4;
-      const s = this.udp.open(family, this.host, this.port, SOCKET_BUFFER_BYTES, USE_GSO);
+      const s = this.udp.open(family, this.host, this.port, SOCKET_BUFFER_BYTES, USE_GSO, USE_GRO);
       this.started = true;
       this.fd = s.fd;
       this.bound = { host: s.address, port: s.port };
@@ -195,17 +205,34 @@ export class UdpTransport implements DatagramTransport {
    */
   private stageGroup(d: Destination, port: number, len: number): number {
     if ((port & 0xffff) !== port) throw new RangeError(`port must be 0 to 65535, got ${port}`);
-    const head = d.head.length + 6;
-    if (this.stageLen + head + len > this.stage.length) {
-      this.flushStage();
-      if (head + len > this.stage.length) return -1;
-    }
     const s = this.stage;
+    // Back to back to the same peer (a relay forwards each datagram's
+    // cells as it goes): one longer group, so that the native send can
+    // make a GSO run of them.
+    if (
+      this.lastGroup >= 0 &&
+      this.lastDest === d &&
+      this.lastPort === port &&
+      this.stageLen + len <= s.length
+    ) {
+      const o = this.stageLen;
+      s.writeUInt32BE(s.readUInt32BE(this.lastGroup) + len, this.lastGroup);
+      this.stageLen = o + len;
+      return o;
+    }
+    const head = d.head.length + 6;
+    if (this.stageLen + head + len > s.length) {
+      this.flushStage();
+      if (head + len > s.length) return -1;
+    }
     let o = this.stageLen;
     o += d.head.copy(s, o);
     s[o] = port >>> 8;
     s[o + 1] = port & 0xff;
     s.writeUInt32BE(len, o + 2);
+    this.lastGroup = o + 2;
+    this.lastDest = d;
+    this.lastPort = port;
     o += 6;
     this.stageLen = o + len;
     return o;
@@ -214,6 +241,8 @@ export class UdpTransport implements DatagramTransport {
   private flushStage(): void {
     const len = this.stageLen;
     this.stageLen = 0;
+    this.lastGroup = -1;
+    this.lastDest = null;
     if (len > 0 && this.fd >= 0) this.udp.sendGroups(this.fd, this.stage, len);
   }
 
@@ -343,20 +372,29 @@ export class UdpTransport implements DatagramTransport {
       }
       const port = ((buf[o] as number) << 8) | (buf[o + 1] as number);
       const n = ((buf[o + 2] as number) << 8) | (buf[o + 3] as number);
-      o += 4;
-      const datagram = buf.subarray(o, o + n);
-      o += n;
-      // One throwing delivery must not lose the rest of the batch (as with
-      // node:dgram, where each datagram was its own event); the first error
-      // is rethrown after the batch and reaches 'uncaughtException'.
-      try {
-        receiver(datagram, host, port);
-      } catch (e) {
-        if (!failed) {
-          failed = true;
-          failure = e;
+      // A run the kernel coalesced (UDP GRO): datagrams of `seg` bytes,
+      // the last one possibly shorter.
+      const seg = ((buf[o + 4] as number) << 8) | (buf[o + 5] as number);
+      o += 6;
+      const end = o + n;
+      const step = seg > 0 ? seg : Math.max(n, 1);
+      for (let d = o; d === o || d < end; d += step) {
+        const datagram = buf.subarray(d, Math.min(d + step, end));
+        // One throwing delivery must not lose the rest of the batch (as
+        // with node:dgram, where each datagram was its own event); the
+        // first error is rethrown after the batch and reaches
+        // 'uncaughtException'.
+        try {
+          receiver(datagram, host, port);
+        } catch (e) {
+          if (!failed) {
+            failed = true;
+            failure = e;
+          }
         }
+        if (this.fd !== fd || this.receiver === undefined) break;
       }
+      o = end;
     }
     if (failed) throw failure;
   }

@@ -180,10 +180,10 @@ export interface NativeTun {
   close(fd: number): void;
 }
 
-/** Records of NativeUdp.startReading: [u8 4][addr 4][u16 port][u16 len] before the bytes. */
-export const UDP_RECORD_HEADER_V4 = 9;
-/** [u8 6][addr 16][u32 scope id][u16 port][u16 len] before the bytes. */
-export const UDP_RECORD_HEADER_V6 = 25;
+/** Records of NativeUdp.startReading: [u8 4][addr 4][u16 port][u16 len][u16 seg] before the bytes. */
+export const UDP_RECORD_HEADER_V4 = 11;
+/** [u8 6][addr 16][u32 scope id][u16 port][u16 len][u16 seg] before the bytes. */
+export const UDP_RECORD_HEADER_V6 = 27;
 
 export interface NativeUdp {
   /**
@@ -199,6 +199,8 @@ export interface NativeUdp {
    * destination as one UDP GSO message (UDP_SEGMENT) when the kernel has it;
    * a message the kernel refuses turns it off for the socket and is sent
    * datagram by datagram instead.
+   * `gro` (default false): let the kernel deliver a run of datagrams from
+   * one source as one record (UDP_GRO; see startReading).
    */
   open(
     family: 4 | 6,
@@ -206,6 +208,7 @@ export interface NativeUdp {
     port: number,
     bufferBytes: number,
     gso?: boolean,
+    gro?: boolean,
   ): {
     fd: number;
     /** The bound port. */
@@ -216,6 +219,8 @@ export interface NativeUdp {
     sendBufferBytes: number;
     /** True if sends use UDP GSO. */
     gso: boolean;
+    /** True if the kernel took UDP_GRO. */
+    gro: boolean;
   };
   /**
    * Start polling `fd` on Node's loop. A wake-up runs up to 4 recvmmsg()
@@ -223,11 +228,15 @@ export interface NativeUdp {
    * dry) and calls `onDatagrams(buf, len, count)` once per call that got
    * any. `buf` is one reused Buffer, valid only during the call (so is any
    * view of it); its `len` bytes are `count` records back to back:
-   *   IPv4: [u8 4][addr 4][u16 port][u16 len][bytes]
-   *   IPv6: [u8 6][addr 16][u32 scope id][u16 port][u16 len][bytes]
-   * (big-endian). Datagrams longer than `maxDatagram` are consumed, dropped
-   * and counted (stats().oversize). Limits: maxBatch 1..1024, maxDatagram
-   * 1..65535, maxBatch * (maxDatagram + 25) <= 64 MiB. Throws (code
+   *   IPv4: [u8 4][addr 4][u16 port][u16 len][u16 seg][bytes]
+   *   IPv6: [u8 6][addr 16][u32 scope id][u16 port][u16 len][u16 seg][bytes]
+   * (big-endian). `seg` is 0 for one datagram; on a socket opened with
+   * `gro` a record may be a run the kernel coalesced, of datagrams of `seg`
+   * bytes each but the last (which may be shorter). Datagrams longer than
+   * `maxDatagram` (runs whose `seg` is) are consumed, dropped and counted
+   * (stats().oversize). Limits: maxBatch 1..1024, maxDatagram 1..65535,
+   * maxBatch * (slot + 27) <= 64 MiB, where slot is maxDatagram, or 65535
+   * with gro. Throws (code
    * ERR_UDP_ALREADY_READING) if `fd` is already being read. If onDatagrams
    * throws, the error goes to process 'uncaughtException' and reading goes
    * on. stopReading()/close() may be called from onDatagrams.

@@ -3,7 +3,7 @@
  * libuv on Node's own loop.
  *
  * JS API (see src/native/binding.ts, interface NativeUdp):
- *   open(family, host, port, bufferBytes[, gso]) -> { fd, port, address, ... }
+ *   open(family, host, port, bufferBytes[, gso[, gro]]) -> { fd, port, address, ... }
  *   startReading(fd, maxBatch, maxDatagram, onDatagrams(buf, len, count))
  *   stopReading(fd)                              (idempotent)
  *   sendBatch(fd, packed, len, family, addr, port[, scopeId]) -> datagrams sent
@@ -16,9 +16,12 @@
  *
  * Outgoing batches are, back to back, [u16 big-endian length][bytes].
  * Received batches are, back to back, one record per datagram:
- *   IPv4: [u8 4][addr 4][u16 port][u16 len][bytes]                  (9 + len)
- *   IPv6: [u8 6][addr 16][u32 scope id][u16 port][u16 len][bytes]   (25 + len)
- * all integers big-endian.
+ *   IPv4: [u8 4][addr 4][u16 port][u16 len][u16 seg][bytes]                (11 + len)
+ *   IPv6: [u8 6][addr 16][u32 scope id][u16 port][u16 len][u16 seg][bytes] (27 + len)
+ * all integers big-endian. seg is 0 for one datagram. On a socket opened
+ * with gro, a record may hold a run of datagrams from one source that the
+ * kernel coalesced (UDP_GRO): seg is then their size, each is seg bytes
+ * but the last, which may be shorter.
  *
  * Design (the same as shallot_tun):
  *  - All state lives in per-environment instance data (one table per Node
@@ -64,6 +67,13 @@
 #include <node_api.h>
 #include <uv.h>
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
 #define UDP_MAX_ENTRIES 64
 #define UDP_MAX_BATCH 1024
 #define UDP_MAX_DATAGRAM 65535
@@ -74,11 +84,17 @@
 #define UDP_GSO_MAX_BYTES 65507 /* one UDP/IPv4 datagram at most */
 #define UDP_PLAN_IOVS (UDP_SEND_CHUNK * UDP_GSO_MAX_SEGMENTS)
 #define UDP_ROUNDS 4
-#define UDP_HDR4 9  /* family, addr 4, port, len */
-#define UDP_HDR6 25 /* family, addr 16, scope 4, port, len */
+#define UDP_HDR4 11 /* family, addr 4, port, len, segment */
+#define UDP_HDR6 27 /* family, addr 16, scope 4, port, len, segment */
 #define UDP_HDR_MAX UDP_HDR6
 
 typedef struct reader reader_t;
+
+/* Room for the UDP_GRO control message of one received datagram. */
+typedef union {
+  char buf[CMSG_SPACE(sizeof(int))];
+  struct cmsghdr align;
+} udp_ctl_t;
 
 typedef struct {
   bool used;
@@ -97,6 +113,7 @@ typedef struct {
   uint64_t gso_sends;  /* messages sent with more than one segment */
   uint64_t gso_fallbacks;
   int gso_errno; /* why GSO was turned off (0 if it was not) */
+  bool gro;      /* the kernel may deliver coalesced runs (UDP_GRO) */
   reader_t *reader;
 } entry_t;
 
@@ -133,8 +150,9 @@ struct reader {
   entry_t *entry; /* NULL once detached (stopping) */
   int fd;
   uint32_t max_batch;
-  uint32_t max_datagram;
-  size_t stride; /* UDP_HDR_MAX + max_datagram */
+  uint32_t max_datagram; /* of one datagram (one segment of a run) */
+  uint32_t slot;         /* bytes one recvmmsg() slot takes: max_datagram, 65535 with gro */
+  size_t stride;         /* UDP_HDR_MAX + slot */
   size_t buf_size;
   napi_ref buf_ref;
   napi_ref cb_ref;
@@ -147,6 +165,7 @@ struct reader {
   struct mmsghdr *msgs;       /* max_batch, in the same allocation */
   struct iovec *iovs;         /* max_batch */
   struct sockaddr_in6 *addrs; /* max_batch; large enough for sockaddr_in too */
+  udp_ctl_t *ctls;            /* max_batch control buffers (gro only, else NULL) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -297,6 +316,18 @@ static bool get_integer(napi_env env, napi_value v, const char *what, double min
     return false;
   }
   *out = d;
+  return true;
+}
+
+static bool get_flag(napi_env env, napi_value v, const char *what, bool *out) {
+  napi_valuetype t;
+  NAPI_CALL(env, napi_typeof(env, v, &t), false);
+  if (t == napi_undefined) return true;
+  if (t != napi_boolean) {
+    THROW_TYPE(env, "%s must be a boolean", what);
+    return false;
+  }
+  NAPI_CALL(env, napi_get_value_bool(env, v, out), false);
   return true;
 }
 
@@ -584,13 +615,17 @@ static int read_round(reader_t *r, entry_t *e, uint8_t *data, size_t *len, uint3
   const size_t stride = r->stride;
   for (uint32_t i = 0; i < r->max_batch; i++) {
     r->iovs[i].iov_base = data + (size_t)i * stride + UDP_HDR_MAX;
-    r->iovs[i].iov_len = r->max_datagram;
+    r->iovs[i].iov_len = r->slot;
     struct msghdr *h = &r->msgs[i].msg_hdr;
     memset(h, 0, sizeof *h);
     h->msg_name = &r->addrs[i];
     h->msg_namelen = sizeof r->addrs[i];
     h->msg_iov = &r->iovs[i];
     h->msg_iovlen = 1;
+    if (r->ctls != NULL) {
+      h->msg_control = r->ctls[i].buf;
+      h->msg_controllen = sizeof r->ctls[i].buf;
+    }
     r->msgs[i].msg_len = 0;
   }
   int n;
@@ -618,12 +653,27 @@ static int read_round(reader_t *r, entry_t *e, uint8_t *data, size_t *len, uint3
   uint32_t got = 0;
   for (int i = 0; i < n; i++) {
     const struct mmsghdr *m = &r->msgs[i];
-    if ((m->msg_hdr.msg_flags & MSG_TRUNC) || m->msg_len > r->max_datagram) {
-      e->oversize++;
+    const size_t dlen = m->msg_len;
+    /* A coalesced run (gro): its segment size, from the control message. */
+    uint32_t seg = 0;
+    if (r->ctls != NULL) {
+      const struct msghdr *h = &m->msg_hdr;
+      for (const struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL;
+           c = CMSG_NXTHDR((struct msghdr *)h, (struct cmsghdr *)c)) {
+        if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+          int v;
+          memcpy(&v, CMSG_DATA(c), sizeof v);
+          if (v > 0 && (size_t)v < dlen) seg = (uint32_t)v;
+        }
+      }
+    }
+    const size_t unit = seg > 0 ? seg : dlen; /* the longest datagram in it */
+    if ((m->msg_hdr.msg_flags & MSG_TRUNC) || dlen > r->slot || unit > r->max_datagram) {
+      e->oversize += seg > 0 ? (dlen + seg - 1) / seg : 1;
       continue;
     }
     const struct sockaddr_in6 *sa = &r->addrs[i];
-    const size_t dlen = m->msg_len;
     const uint8_t *src = data + (size_t)i * stride + UDP_HDR_MAX;
     /* off <= i * stride: every earlier record took at most one stride. */
     uint8_t *dst = data + off;
@@ -635,6 +685,7 @@ static int read_round(reader_t *r, entry_t *e, uint8_t *data, size_t *len, uint3
       memcpy(dst + 1, &s4->sin_addr, 4);
       put16(dst + 5, ntohs(s4->sin_port));
       put16(dst + 7, (uint32_t)dlen);
+      put16(dst + 9, seg);
     } else if (sa->sin6_family == AF_INET6 &&
                m->msg_hdr.msg_namelen >= sizeof(struct sockaddr_in6)) {
       hdr = UDP_HDR6;
@@ -643,6 +694,7 @@ static int read_round(reader_t *r, entry_t *e, uint8_t *data, size_t *len, uint3
       put32(dst + 17, sa->sin6_scope_id);
       put16(dst + 21, ntohs(sa->sin6_port));
       put16(dst + 23, (uint32_t)dlen);
+      put16(dst + 25, seg);
     } else {
       e->errors++; /* no usable source address */
       continue;
@@ -652,8 +704,8 @@ static int read_round(reader_t *r, entry_t *e, uint8_t *data, size_t *len, uint3
     if (dst + hdr != src && dlen > 0) memmove(dst + hdr, src, dlen);
     off += hdr + dlen;
     got++;
+    e->received += seg > 0 ? (dlen + seg - 1) / seg : 1;
   }
-  e->received += got;
   *len = off;
   *count = got;
   return n;
@@ -777,10 +829,10 @@ static bool set_string(napi_env env, napi_value obj, const char *key, const char
 }
 
 static napi_value Open(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
+  napi_value argv[6];
   size_t argc = 0;
   instance_t *inst;
-  if (!get_args(env, info, 5, argv, &argc, &inst)) return NULL;
+  if (!get_args(env, info, 6, argv, &argc, &inst)) return NULL;
   int af;
   uint32_t port, buffer_bytes;
   char host[ADDR_TEXT_MAX + 8];
@@ -788,17 +840,9 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   if (!get_host(env, argv[1], host, sizeof host)) return NULL;
   if (!get_u32(env, argv[2], "port", 0, 65535, &port)) return NULL;
   if (!get_u32(env, argv[3], "bufferBytes", 0, UDP_MAX_SOCKBUF, &buffer_bytes)) return NULL;
-  bool want_gso = true;
-  if (argc > 4) {
-    napi_valuetype gt;
-    NAPI_CALL(env, napi_typeof(env, argv[4], &gt), NULL);
-    if (gt == napi_boolean) {
-      NAPI_CALL(env, napi_get_value_bool(env, argv[4], &want_gso), NULL);
-    } else if (gt != napi_undefined) {
-      THROW_TYPE(env, "gso must be a boolean");
-      return NULL;
-    }
-  }
+  bool want_gso = true, want_gro = false;
+  if (argc > 4 && !get_flag(env, argv[4], "gso", &want_gso)) return NULL;
+  if (argc > 5 && !get_flag(env, argv[5], "gro", &want_gro)) return NULL;
   struct sockaddr_in6 sa;
   socklen_t salen = 0;
   if (!parse_address(host, af, (int)port, &sa, &salen)) {
@@ -874,6 +918,12 @@ static napi_value Open(napi_env env, napi_callback_info info) {
     e->gso = setsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
     if (!e->gso) e->gso_errno = errno;
   }
+  if (want_gro) {
+    /* Kernels without UDP GRO (before 5.0) refuse it: runs then arrive as
+     * separate datagrams, as without the option. */
+    int on = 1;
+    e->gro = setsockopt(fd, IPPROTO_UDP, UDP_GRO, &on, sizeof on) == 0;
+  }
 
   napi_value result;
   napi_status st = napi_create_object(env, &result);
@@ -883,9 +933,11 @@ static napi_value Open(napi_env env, napi_callback_info info) {
              set_string(env, result, "address", text) &&
              set_number(env, result, "recvBufferBytes", sockbuf_size(fd, SO_RCVBUF)) &&
              set_number(env, result, "sendBufferBytes", sockbuf_size(fd, SO_SNDBUF))) {
-    napi_value gso;
+    napi_value gso, gro;
     st = napi_get_boolean(env, e->gso, &gso);
     if (st == napi_ok) st = napi_set_named_property(env, result, "gso", gso);
+    if (st == napi_ok) st = napi_get_boolean(env, e->gro, &gro);
+    if (st == napi_ok) st = napi_set_named_property(env, result, "gro", gro);
     if (st == napi_ok) return result;
     throw_napi(env, st, "gso");
   }
@@ -912,30 +964,43 @@ static napi_value StartReading(napi_env env, napi_callback_info info) {
     THROW_TYPE(env, "onDatagrams must be a function");
     return NULL;
   }
-  const size_t stride = (size_t)UDP_HDR_MAX + max_datagram;
-  const size_t buf_size = (size_t)max_batch * stride;
-  if (buf_size > UDP_MAX_BUFFER) {
+  if ((size_t)max_batch * (UDP_HDR_MAX + max_datagram) > UDP_MAX_BUFFER) {
     THROW_RANGE(env, "maxBatch * (maxDatagram + %d) = %zu bytes exceeds the limit of %u",
-                UDP_HDR_MAX, buf_size, UDP_MAX_BUFFER);
+                UDP_HDR_MAX, (size_t)max_batch * (UDP_HDR_MAX + max_datagram), UDP_MAX_BUFFER);
     return NULL;
   }
   entry_t *e = known_entry(env, inst, fd);
   if (e == NULL) return NULL;
+  /* With gro a slot must take a whole coalesced run. */
+  const uint32_t slot = e->gro ? UDP_MAX_DATAGRAM : max_datagram;
+  const size_t stride = (size_t)UDP_HDR_MAX + slot;
+  const size_t buf_size = (size_t)max_batch * stride;
+  if (buf_size > UDP_MAX_BUFFER) {
+    THROW_RANGE(env, "maxBatch * (%u + %d) = %zu bytes exceeds the limit of %u", slot,
+                UDP_HDR_MAX, buf_size, UDP_MAX_BUFFER);
+    return NULL;
+  }
   if (e->reader != NULL) {
     THROW_ERROR(env, "ERR_UDP_ALREADY_READING", "fd %d is already being read", fd);
     return NULL;
   }
 
-  const size_t slots = (size_t)max_batch * (sizeof(struct mmsghdr) + sizeof(struct iovec) +
-                                            sizeof(struct sockaddr_in6));
+  const size_t slots =
+      (size_t)max_batch * (sizeof(struct mmsghdr) + sizeof(struct iovec) +
+                           sizeof(struct sockaddr_in6) + (e->gro ? sizeof(udp_ctl_t) : 0));
   reader_t *r = calloc(1, sizeof *r + slots);
   if (r == NULL) {
     THROW_ERROR(env, "ENOMEM", "out of memory allocating the reader of fd %d", fd);
     return NULL;
   }
-  /* mmsghdr first (8-byte aligned after the struct), then iovec, then
-   * sockaddr_in6 (4-byte aligned): every part keeps its alignment. */
+  /* control buffers (8-byte aligned after the struct; their size is a
+   * multiple of 8) first, then mmsghdr, iovec and sockaddr_in6 (4-byte
+   * aligned): every part keeps its alignment. */
   uint8_t *tail = (uint8_t *)(r + 1);
+  if (e->gro) {
+    r->ctls = (udp_ctl_t *)tail;
+    tail += (size_t)max_batch * sizeof(udp_ctl_t);
+  }
   r->msgs = (struct mmsghdr *)tail;
   r->iovs = (struct iovec *)(tail + (size_t)max_batch * sizeof(struct mmsghdr));
   r->addrs = (struct sockaddr_in6 *)(tail + (size_t)max_batch * (sizeof(struct mmsghdr) +
@@ -944,6 +1009,7 @@ static napi_value StartReading(napi_env env, napi_callback_info info) {
   r->fd = fd;
   r->max_batch = max_batch;
   r->max_datagram = max_datagram;
+  r->slot = slot;
   r->stride = stride;
   r->buf_size = buf_size;
 

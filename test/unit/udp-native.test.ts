@@ -49,9 +49,14 @@ interface DatagramRecord {
   addr: Buffer;
   port: number;
   data: Buffer;
+  /** The segment size of the coalesced run it came in (0: none). */
+  seg: number;
 }
 
-/** The records of one onDatagrams call (copied). */
+/**
+ * The datagrams of one onDatagrams call (copied), a coalesced run (UDP
+ * GRO) split into its datagrams, each marked with the run's `seg`.
+ */
 function records(buf: Buffer, len: number, count: number): DatagramRecord[] {
   const out: DatagramRecord[] = [];
   let o = 0;
@@ -61,9 +66,15 @@ function records(buf: Buffer, len: number, count: number): DatagramRecord[] {
     const addr = Buffer.from(buf.subarray(o + 1, o + 1 + alen));
     const port = buf.readUInt16BE(o + 1 + alen);
     const n = buf.readUInt16BE(o + 3 + alen);
-    const start = o + 5 + alen;
+    const seg = buf.readUInt16BE(o + 5 + alen);
+    const start = o + 7 + alen;
     assert.ok(start + n <= len, 'record inside len');
-    out.push({ family, addr, port, data: Buffer.from(buf.subarray(start, start + n)) });
+    assert.ok(seg === 0 || seg < n, 'a run is longer than one segment');
+    const step = seg || n;
+    for (let d = start; d === start || d < start + n; d += Math.max(step, 1)) {
+      const data = Buffer.from(buf.subarray(d, Math.min(d + step, start + n)));
+      out.push({ family, addr, port, data, seg });
+    }
     o = start + n;
   }
   assert.equal(o, len, 'count records fill len exactly');
@@ -330,6 +341,56 @@ async function child(udp: NativeUdp): Promise<StepResult[]> {
   );
 
   await steps.run(
+    'GRO (native, on request): runs arrive coalesced, split into the datagrams sent, in order',
+    async () => {
+      const tx = udp.open(4, '127.0.0.1', 0, 1 << 20, true);
+      const rx = udp.open(4, '127.0.0.1', 0, 1 << 22, false, true);
+      const got: DatagramRecord[] = [];
+      udp.startReading(rx.fd, 8, 1400, (buf, len, count) => {
+        for (const r of records(buf, len, count)) got.push(r);
+      });
+      try {
+        // Runs of 1400 (the last 700), then one of 1401 bytes: every
+        // datagram of that one is longer than maxDatagram, so the run is
+        // dropped and counted as its datagrams.
+        const run = Array.from({ length: 100 }, (_, i) => {
+          const d = Buffer.alloc(i === 99 ? 700 : 1400, i);
+          d.write(`gro-${i}-`, 0);
+          return d;
+        });
+        const packed = pack(run);
+        assert.equal(udp.sendBatch(tx.fd, packed, packed.length, 4, LO4, rx.port), 100);
+        const long = pack(Array.from({ length: 10 }, () => Buffer.alloc(1401, 7)));
+        assert.equal(udp.sendBatch(tx.fd, long, long.length, 4, LO4, rx.port), 10);
+        for (
+          let i = 0;
+          i < 400 && udp.stats(rx.fd).received + udp.stats(rx.fd).oversize < 110;
+          i++
+        ) {
+          await sleep(5);
+        }
+        assert.equal(got.length, 100);
+        got.forEach((r, i) =>
+          assert.ok(r.data.equals(run[i] as Buffer), `datagram ${i} intact, in order`),
+        );
+        const s = udp.stats(rx.fd);
+        assert.equal(s.received, 100, 'received counts datagrams, not runs');
+        assert.equal(s.oversize, 10, 'a run of long datagrams: each one counted');
+        if (rx.gro && tx.gso) {
+          assert.ok(
+            got.some((r) => r.seg === 1400),
+            'the kernel coalesced at least one run',
+          );
+        }
+        return { gro: rx.gro, runs: new Set(got.map((r) => r.seg)).size };
+      } finally {
+        udp.close(tx.fd);
+        udp.close(rx.fd);
+      }
+    },
+  );
+
+  await steps.run(
     'sends from inside the receiver are staged, in order, until the batch ends',
     async () => {
       const before = B.t.stats();
@@ -352,6 +413,46 @@ async function child(udp: NativeUdp): Promise<StepResult[]> {
         );
         const after = B.t.stats();
         assert.equal(after.sent - before.sent, 60);
+      } finally {
+        B.hook = undefined;
+      }
+    },
+  );
+
+  await steps.run(
+    'equal-size sends to one peer staged during a batch leave as GSO runs',
+    async () => {
+      const before = B.t.stats();
+      B.hook = (data, host, port) => {
+        const t = data.toString('latin1', 0, 8);
+        if (t.startsWith('gsorun-')) {
+          const back = Buffer.alloc(1000, data[7]);
+          back.write('gsoback', 0, 'latin1');
+          B.t.sendPacked(pack([back]), back.length + 2, host, port);
+        }
+      };
+      try {
+        const packed = pack(
+          Array.from({ length: 40 }, (_, i) => {
+            const d = Buffer.alloc(100, i);
+            d.write('gsorun-', 0, 'latin1');
+            return d;
+          }),
+        );
+        A.t.sendPacked(packed, packed.length, '127.0.0.1', B.port);
+        const got = await A.waitFor(
+          '40 replies',
+          (r) => r.data.toString('latin1', 0, 7) === 'gsoback',
+          40,
+        );
+        got.forEach((r, i) => assert.equal(r.data[7], i, `reply ${i} in order`));
+        const after = B.t.stats();
+        assert.equal(after.sent - before.sent, 40);
+        if (after.gso) assert.ok(after.gsoSends > before.gsoSends, 'at least one GSO run');
+        return {
+          gsoSends: after.gsoSends - before.gsoSends,
+          callbacks: after.callbacks - before.callbacks,
+        };
       } finally {
         B.hook = undefined;
       }
@@ -606,6 +707,7 @@ const CHILD_STEPS = [
   'empty datagrams and full-size ones pass',
   'GSO (native, on request): a run of equal-size datagrams arrives intact, in order',
   'sends from inside the receiver are staged, in order, until the batch ends',
+  'equal-size sends to one peer staged during a batch leave as GSO runs',
   'bad destinations are counted, not thrown',
   'a malformed packed batch throws RangeError and sends nothing',
   'IPv6 on ::1: batches both ways (skipped without ::1)',
