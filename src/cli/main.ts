@@ -4,6 +4,7 @@
  * the library; user mistakes become one line on stderr and exit code 2,
  * never a stack trace.
  */
+import './v8-tuning.js';
 import { isUserError, ShallotError } from '../errors.js';
 import { formatHelp } from './args.js';
 import { commands } from './commands.js';

@@ -45,6 +45,7 @@ const OPTIONS = {
   iperfSeconds: 5,
   pingCount: 20,
   pingIntervalS: 0.05,
+  pingWarmup: 100,
 };
 const RATIO_TARGET = 0.75;
 const RATIO_3HOP_TARGET = 0.5;
@@ -341,7 +342,7 @@ async function main(): Promise<number> {
     const base = createBase(lab, repoRoot, tmpDir, (fn) => hooks.push(fn));
     log(
       `bench: namespaces ${base.a.ns} (${base.a.addr}) and ${base.b.ns} (${base.b.addr}); ` +
-        `iperf3 ${OPTIONS.iperfRuns} x ${OPTIONS.iperfSeconds} s, ping ${OPTIONS.pingCount} x ${OPTIONS.pingIntervalS} s`,
+        `iperf3 ${OPTIONS.iperfRuns} x ${OPTIONS.iperfSeconds} s, ping ${OPTIONS.pingCount} x ${OPTIONS.pingIntervalS} s after ${OPTIONS.pingWarmup} uncounted (10 ms apart)`,
     );
     const scenarios: Scenario[] = defaultScenarios();
     for (const sc of scenarios) {

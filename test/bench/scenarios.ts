@@ -92,6 +92,8 @@ export interface RunOptions {
   iperfSeconds: number;
   pingCount: number;
   pingIntervalS: number;
+  /** Pings sent (10 ms apart) and not counted before the measured ones. */
+  pingWarmup: number;
   /** Progress output (one line per step). */
   log(line: string): void;
   /**
@@ -149,6 +151,11 @@ export async function runScenario(
 ): Promise<ScenarioResult> {
   try {
     const ep = await scenario.setup(lab, base, opts);
+    if (opts.pingWarmup > 0) {
+      // Discarded: the first packets through a fresh node run before V8
+      // has optimised its packet path (and compete with that compilation).
+      await runPing(lab, ep.clientNs, ep.target, { count: opts.pingWarmup, intervalS: 0.01 });
+    }
     const ping = await runPing(lab, ep.clientNs, ep.target, {
       count: opts.pingCount,
       intervalS: opts.pingIntervalS,
