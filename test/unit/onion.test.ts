@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
+import sodium from 'sodium-native';
 import {
   backwardCapacity,
   forwardCapacity,
@@ -214,4 +215,76 @@ test('the last hop of a wrap sees the for-this-hop flag; earlier hops do not', (
   const s2 = Buffer.alloc(S + 8);
   assert.equal(peelForward(relays[1]!, Buffer.from(s1.subarray(8, 8 + S)), 0, S, s2), 9);
   assert.equal(s2[0]! & SEQ_FLAG_FOR_THIS_HOP, SEQ_FLAG_FOR_THIS_HOP, 'hop 2 is addressed');
+});
+
+// onion.ts seals and opens with one stream call from block 0 and rounds
+// its stream calls up to whole vector runs; this reference does it the
+// plain way (a key call, then the data at counter 1) at every cell size.
+test('every cell size agrees with a two-call reference, forward and backward', () => {
+  const { client, relays } = circuit(2);
+  const pad = new PaddingSource();
+  const polyKey = Buffer.alloc(32);
+  for (let size = 2 * 48 + 8; size <= 2048; size += 1) {
+    const payload = randomBytes(size % (forwardCapacity(size, 2) + 1));
+    const cell = Buffer.alloc(size);
+    wrapForward(client, [size, size + 1], payload, size, cell, pad);
+    // Hop 1 by the reference.
+    const n = cell.subarray(0, 24);
+    const c = cell.subarray(40, size);
+    sodium.crypto_stream_xchacha20(polyKey, n, client[0]!.forward);
+    assert.ok(sodium.crypto_onetimeauth_verify(cell.subarray(24, 40), c, polyKey), `size ${size}`);
+    const d = Buffer.concat([c, Buffer.alloc(48)]);
+    sodium.crypto_stream_xchacha20_xor_ic(d, d, n, 1, client[0]!.forward);
+    const scratch = Buffer.alloc(size + 8);
+    assert.equal(peelForward(relays[0]!, cell, 0, size, scratch), size, `size ${size}`);
+    assert.ok(scratch.equals(d), `peel at size ${size}`);
+    const scratch2 = Buffer.alloc(size + 8);
+    assert.equal(peelForward(relays[1]!, scratch, 8, size, scratch2), size + 1);
+    assert.ok(scratch2.subarray(8, 8 + payload.length).equals(payload));
+
+    const body = randomBytes(size % (backwardCapacity(size) + 1));
+    const back = Buffer.alloc(size);
+    sealBackward(relays[0]!, size, body, size, back);
+    const nonce = Buffer.concat([back.subarray(0, 16), Buffer.alloc(8)]);
+    const bc = Buffer.from(back.subarray(32, size));
+    sodium.crypto_stream_xchacha20(polyKey, nonce, relays[0]!.backward);
+    assert.ok(sodium.crypto_onetimeauth_verify(back.subarray(16, 32), bc, polyKey));
+    sodium.crypto_stream_xchacha20_xor_ic(bc, bc, nonce, 1, relays[0]!.backward);
+    assert.equal(bc.readUInt32BE(4), size);
+    assert.ok(bc.subarray(8, 8 + body.length).equals(body));
+    assert.equal(unwrapBackward(client, 0, back, 0, size), size);
+    assert.ok(back.subarray(32).equals(bc), `unwrap at size ${size}`);
+  }
+});
+
+test('backward cells larger than any forward cell still round-trip', () => {
+  const { client, relays } = circuit(3);
+  for (const size of [2048, 3000, 5000, 1410]) {
+    const body = randomBytes(backwardCapacity(size));
+    const cell = Buffer.alloc(size);
+    sealBackward(relays[2]!, 3, body, size, cell);
+    assert.ok(layerBackward(relays[1]!, cell, 0, size));
+    assert.ok(layerBackward(relays[0]!, cell, 0, size));
+    assert.equal(unwrapBackward(client, 2, cell, 0, size), 3, `size ${size}`);
+    assert.ok(cell.subarray(40).equals(body));
+  }
+  // Forward cells after the work buffers grew.
+  const cell = Buffer.alloc(S);
+  wrapForward(client, [4, 4, 4], Buffer.from('after'), S, cell, new PaddingSource());
+  const { plain } = forward(relays, cell);
+  assert.equal(plain?.subarray(0, 5).toString(), 'after');
+});
+
+test('default randomness: no nonce or X repeats across many pool refills', () => {
+  const { client, relays } = circuit(3);
+  const pad = new PaddingSource();
+  const seen = new Set<string>();
+  const cell = Buffer.alloc(400);
+  for (let k = 0; k < 1000; k += 1) {
+    wrapForward(client, [k + 1, k + 1, k + 1], Buffer.alloc(0), 400, cell, pad);
+    seen.add(cell.toString('hex', 0, 24));
+    sealBackward(relays[2]!, k + 1, Buffer.alloc(0), 400, cell);
+    seen.add(cell.toString('hex', 0, 16));
+  }
+  assert.equal(seen.size, 2000);
 });
