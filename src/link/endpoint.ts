@@ -136,7 +136,10 @@ export interface LinkEndpointOptions {
    * valid during the call (it may be modified in place).
    */
   onMessage?: (peer: LinkPeer, type: number, buf: Buffer, offset: number, len: number) => void;
-  /** Called after a received datagram's records were delivered (flush point). */
+  /**
+   * Called after each batch of received datagrams was delivered (the
+   * flush point: what the batch produced leaves together).
+   */
   onReceiveDone?: () => void;
   deadPeerAfterMs?: number;
   keepaliveIntervalMs?: number;
@@ -210,7 +213,10 @@ export class LinkEndpoint {
     if (this.started) return;
     this.started = true;
     this.cookieRotatedAt = this.now();
-    await this.options.transport.start((d, h, p) => this.onDatagram(d, h, p));
+    await this.options.transport.start(
+      (d, h, p) => this.onDatagram(d, h, p),
+      () => this.options.onReceiveDone?.(),
+    );
     this.tickTimer = setInterval(() => this.tick(), C.LINK_TICK_MS);
   }
 
@@ -363,7 +369,6 @@ export class LinkEndpoint {
       this.onMessage(peer, o, len);
       o += len;
     }
-    this.options.onReceiveDone?.();
   }
 
   private onMessage(peer: LinkPeer, o: number, len: number): void {

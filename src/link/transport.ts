@@ -16,8 +16,12 @@ import { loadUdp, type NativeUdp } from '../native/binding.js';
 export type DatagramReceiver = (data: Buffer, host: string, port: number) => void;
 
 export interface DatagramTransport {
-  /** Bind and start delivering datagrams to `receiver`. */
-  start(receiver: DatagramReceiver): Promise<void>;
+  /**
+   * Bind and start delivering datagrams to `receiver`; `onBatchEnd` runs
+   * after each batch of them (one recvmmsg(), or one datagram), while
+   * sends are still staged: the point to flush what the batch produced.
+   */
+  start(receiver: DatagramReceiver, onBatchEnd?: () => void): Promise<void>;
   /** The bound address (after start). */
   address(): { host: string; port: number };
   /**
@@ -115,6 +119,7 @@ export class UdpTransport implements DatagramTransport {
   private started = false;
   private bound = { host: '', port: 0 };
   private receiver: DatagramReceiver | undefined;
+  private onBatchEnd: (() => void) | undefined;
   private readonly destinations = new Map<string, Destination | null>();
   private readonly hosts4 = new Map<number, string>();
   private readonly hosts6 = new Map<number, V6Source>();
@@ -137,8 +142,9 @@ export class UdpTransport implements DatagramTransport {
     this.udp = loadUdp();
   }
 
-  start(receiver: DatagramReceiver): Promise<void> {
+  start(receiver: DatagramReceiver, onBatchEnd?: () => void): Promise<void> {
     if (this.started) return Promise.reject(new Error('UdpTransport already started'));
+    this.onBatchEnd = onBatchEnd;
     try {
       const family = net.isIPv6(this.host) ? 6 : 4;
       const s = this.udp.open(family, this.host, this.port, SOCKET_BUFFER_BYTES, USE_GSO, USE_GRO);
@@ -349,8 +355,14 @@ export class UdpTransport implements DatagramTransport {
     try {
       this.deliver(fd, buf, len, count);
     } finally {
-      this.inBatch = false;
-      this.flushStage();
+      try {
+        // What the batch produced (cells staged per link, packets for the
+        // TUN) goes out now, and its datagrams join this stage.
+        if (this.fd === fd) this.onBatchEnd?.();
+      } finally {
+        this.inBatch = false;
+        this.flushStage();
+      }
     }
   }
 
@@ -478,6 +490,7 @@ export class MemoryNetwork {
 
 export class MemoryTransport implements DatagramTransport {
   private receiver: DatagramReceiver | undefined;
+  private onBatchEnd: (() => void) | undefined;
 
   constructor(
     private readonly network: MemoryNetwork,
@@ -485,16 +498,19 @@ export class MemoryTransport implements DatagramTransport {
     private readonly port: number,
   ) {}
 
-  start(receiver: DatagramReceiver): Promise<void> {
+  start(receiver: DatagramReceiver, onBatchEnd?: () => void): Promise<void> {
     const key = `${this.host}:${this.port}`;
     if (this.network.endpoints.has(key)) return Promise.reject(new Error(`${key} in use`));
     this.receiver = receiver;
+    this.onBatchEnd = onBatchEnd;
     this.network.endpoints.set(key, this);
     return Promise.resolve();
   }
 
   receive(data: Buffer, host: string, port: number): void {
-    this.receiver?.(data, host, port);
+    if (!this.receiver) return;
+    this.receiver(data, host, port);
+    this.onBatchEnd?.();
   }
 
   address(): { host: string; port: number } {
