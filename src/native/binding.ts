@@ -123,8 +123,14 @@ export interface NativeTun {
   /**
    * Open /dev/net/tun as IFF_TUN | IFF_NO_PI, non-blocking, with the given
    * name (may contain %d). Returns the fd and the name the kernel chose.
+   * With `vnetHdr` (IFF_VNET_HDR) every packet written must start with a
+   * 10-byte virtio_net_hdr (see src/tun/offload.ts), which lets a write
+   * carry a coalesced TCP run the kernel segments (GSO); reads strip the
+   * header and refuse (stats().offloaded) any packet whose header asks for
+   * segmentation or a checksum, which the kernel never sends while no
+   * offload is enabled with TUNSETOFFLOAD (none is).
    */
-  open(name: string): { fd: number; name: string };
+  open(name: string, vnetHdr?: boolean): { fd: number; name: string };
   /**
    * Start polling `fd` on Node's loop. On every wake-up up to `maxBatch`
    * packets are read into one reused Buffer, packed, and `onPackets(buf,
@@ -163,6 +169,8 @@ export interface NativeTun {
     writeDropped: number;
     /** Packets the kernel refused otherwise (e.g. EINVAL: not IPv4/IPv6; EIO: link down). */
     writeErrors: number;
+    /** Reads refused because their virtio_net_hdr asked for an offload (vnetHdr only). */
+    offloaded: number;
     /**
      * True while the fd is polled. A read error that cannot clear (device
      * deleted, bad fd) stops polling by itself: `errors` grows, this turns

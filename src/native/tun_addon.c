@@ -33,6 +33,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/virtio_net.h>
 #include <limits.h>
 #include <math.h>
 #include <net/if.h>
@@ -70,6 +71,8 @@ typedef struct {
   uint64_t write_dropped;
   uint64_t write_errors;
   int last_errno; /* last read error (0 if none) */
+  bool vnet;      /* IFF_VNET_HDR: every read and write starts with a virtio_net_hdr */
+  uint64_t offloaded; /* reads refused: the kernel asked for an offload (never asked for) */
   reader_t *reader;
 } entry_t;
 
@@ -387,12 +390,24 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   for (uint32_t attempt = 0; attempt < r->max_batch; attempt++) {
     /* Invariant: count <= attempt < max_batch, so the slot at `off` has
      * room for 2 + max_packet bytes. */
-    struct iovec iov[2];
-    iov[0].iov_base = data + off + 2;
-    iov[0].iov_len = max_packet;
-    iov[1].iov_base = r->scratch;
-    iov[1].iov_len = sizeof r->scratch;
-    ssize_t n = readv(r->fd, iov, 2);
+    /* With IFF_VNET_HDR the packet follows a virtio_net_hdr. No offload
+     * was enabled (TUNSETOFFLOAD), so the kernel sends whole packets with
+     * final checksums: a header asking for anything else is refused. */
+    struct virtio_net_hdr vh;
+    struct iovec iov[3];
+    int niov = 0;
+    if (e->vnet) {
+      iov[niov].iov_base = &vh;
+      iov[niov].iov_len = sizeof vh;
+      niov++;
+    }
+    iov[niov].iov_base = data + off + 2;
+    iov[niov].iov_len = max_packet;
+    niov++;
+    iov[niov].iov_base = r->scratch;
+    iov[niov].iov_len = sizeof r->scratch;
+    niov++;
+    ssize_t n = readv(r->fd, iov, niov);
     if (n < 0) {
       int err = errno;
       if (err == EINTR) {
@@ -404,6 +419,14 @@ static void on_poll(uv_poll_t *h, int status, int events) {
        * fd): stop polling rather than spin on a level-triggered wake-up. */
       reader_fail(r, err);
       break;
+    }
+    if (e->vnet) {
+      if ((size_t)n < sizeof vh) continue;
+      n -= (ssize_t)sizeof vh;
+      if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE || (vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+        e->offloaded++;
+        continue;
+      }
     }
     if (n == 0) continue;
     if ((size_t)n > max_packet) {
@@ -482,9 +505,21 @@ static const char *setiff_hint(int e) {
 }
 
 static napi_value Open(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
+  napi_value argv[2];
   instance_t *inst;
-  if (!get_args(env, info, 1, argv, &inst)) return NULL;
+  argv[1] = NULL;
+  if (!get_args(env, info, 2, argv, &inst)) return NULL;
+  bool vnet = false;
+  if (argv[1] != NULL) {
+    napi_valuetype vt;
+    NAPI_CALL(env, napi_typeof(env, argv[1], &vt), NULL);
+    if (vt == napi_boolean) {
+      NAPI_CALL(env, napi_get_value_bool(env, argv[1], &vnet), NULL);
+    } else if (vt != napi_undefined) {
+      THROW_TYPE(env, "vnetHdr must be a boolean");
+      return NULL;
+    }
+  }
 
   napi_valuetype t;
   NAPI_CALL(env, napi_typeof(env, argv[0], &t), NULL);
@@ -515,7 +550,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   }
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
   memcpy(ifr.ifr_name, name, len);
   if (ioctl(fd, TUNSETIFF, (void *)&ifr) < 0) {
     int err = errno;
@@ -539,6 +574,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
                 "too many TUN fds in use by this environment (at most %d)", TUN_MAX_ENTRIES);
     return NULL;
   }
+  e->vnet = vnet;
 
   napi_value result, vfd, vname;
   napi_status st = napi_create_object(env, &result);
@@ -785,7 +821,8 @@ static napi_value Stats(napi_env env, napi_callback_info info) {
       !set_number(env, obj, "errors", (double)e->errors) ||
       !set_number(env, obj, "written", (double)e->written) ||
       !set_number(env, obj, "writeDropped", (double)e->write_dropped) ||
-      !set_number(env, obj, "writeErrors", (double)e->write_errors)) {
+      !set_number(env, obj, "writeErrors", (double)e->write_errors) ||
+      !set_number(env, obj, "offloaded", (double)e->offloaded)) {
     return NULL;
   }
   NAPI_CALL(env, napi_get_boolean(env, e->reader != NULL && e->reader->polling, &reading), NULL);

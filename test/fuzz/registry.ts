@@ -14,6 +14,7 @@ import {
   dtlsServerTarget,
 } from './targets/dtls.js';
 import { establishedTarget, listenerTarget, peerMessagesTarget } from './targets/endpoint.js';
+import { offloadTarget } from './targets/offload.js';
 import type { FuzzTarget } from './target.js';
 
 export const targets: FuzzTarget[] = [
@@ -38,4 +39,6 @@ export const targets: FuzzTarget[] = [
   ...circuitTargets,
   descriptorTarget,
   descriptorTextTarget,
+  // the TUN writer's TCP coalescing
+  offloadTarget,
 ];
