@@ -44,7 +44,7 @@ import {
   ROLE_DIALER,
   ROLE_LISTENER,
 } from './messages.js';
-import type { DatagramTransport } from './transport.js';
+import { countPacked, type DatagramTransport } from './transport.js';
 import { encodeKeyAnswer, isKeyQuery } from '../discovery/key-query.js';
 
 export type LinkState = 'handshake' | 'auth' | 'up' | 'closed';
@@ -663,18 +663,6 @@ export class LinkEndpoint {
 
 function peerKey(host: string, port: number): string {
   return `${host}|${port}`;
-}
-
-/** Number of entries in a packed batch. */
-export function countPacked(buf: Buffer, len: number): number {
-  let o = 0;
-  let count = 0;
-  while (o + 2 <= len) {
-    o += 2 + buf.readUInt16BE(o);
-    if (o > len) break;
-    count += 1;
-  }
-  return count;
 }
 
 /**

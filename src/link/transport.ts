@@ -172,7 +172,7 @@ export class UdpTransport implements DatagramTransport {
     if (this.fd < 0) return;
     const d = this.destination(host);
     if (d === null) {
-      this.badDestinations += countEntries(packed, len);
+      this.badDestinations += countPacked(packed, len);
       return;
     }
     if (this.inBatch) {
@@ -439,7 +439,7 @@ function checkPacked(buf: Buffer, len: number): void {
 }
 
 /** Number of whole [u16 len][bytes] entries in `len` bytes of `buf`. */
-function countEntries(buf: Buffer, len: number): number {
+export function countPacked(buf: Buffer, len: number): number {
   let o = 0;
   let count = 0;
   while (o + 2 <= len) {

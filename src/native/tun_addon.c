@@ -52,6 +52,10 @@
 #include <node_api.h>
 #include <uv.h>
 
+#define ADDON_NAME "shallot_tun"
+#define ADDON_ERR "ERR_TUN"
+#include "addon_util.h"
+
 #define TUN_MAX_ENTRIES 64
 #define TUN_SCRATCH 65536
 #define TUN_MAX_BATCH 4096
@@ -102,104 +106,6 @@ struct reader {
 };
 
 /* ------------------------------------------------------------------------ */
-/* Errors                                                                    */
-
-static const char *errno_code(int e) {
-  switch (e) {
-    case EPERM: return "EPERM";
-    case EACCES: return "EACCES";
-    case ENOENT: return "ENOENT";
-    case ENODEV: return "ENODEV";
-    case ENXIO: return "ENXIO";
-    case EBUSY: return "EBUSY";
-    case EEXIST: return "EEXIST";
-    case EINVAL: return "EINVAL";
-    case EBADF: return "EBADF";
-    case EBADFD: return "EBADFD";
-    case EIO: return "EIO";
-    case ENOMEM: return "ENOMEM";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case EAGAIN: return "EAGAIN";
-    case ENOBUFS: return "ENOBUFS";
-    case EFAULT: return "EFAULT";
-    case EMSGSIZE: return "EMSGSIZE";
-    case ENOTTY: return "ENOTTY";
-    default: return "ERR_TUN_SYSCALL";
-  }
-}
-
-/* Throw an Error whose message is `prefix: strerror(e)[ (hint)]`, with
- * `code` (errno name) and `errno` (number) properties. */
-static void throw_errno(napi_env env, int e, const char *hint, const char *fmt, ...) {
-  char prefix[160];
-  char msg[320];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(prefix, sizeof prefix, fmt, ap);
-  va_end(ap);
-  if (hint != NULL && hint[0] != '\0') {
-    snprintf(msg, sizeof msg, "%s: %s (%s)", prefix, strerror(e), hint);
-  } else {
-    snprintf(msg, sizeof msg, "%s: %s", prefix, strerror(e));
-  }
-  napi_value code, message, error, num;
-  if (napi_create_string_utf8(env, errno_code(e), NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
-      napi_create_error(env, code, message, &error) != napi_ok) {
-    napi_throw_error(env, NULL, msg);
-    return;
-  }
-  if (napi_create_int32(env, -e, &num) == napi_ok) {
-    napi_set_named_property(env, error, "errno", num);
-  }
-  napi_throw(env, error);
-}
-
-static void throw_fmt(napi_env env, int kind, const char *code, const char *fmt, ...) {
-  char msg[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (kind == 1) {
-    napi_throw_type_error(env, code, msg);
-  } else if (kind == 2) {
-    napi_throw_range_error(env, code, msg);
-  } else {
-    napi_throw_error(env, code, msg);
-  }
-}
-#define THROW_TYPE(env, ...) throw_fmt((env), 1, "ERR_INVALID_ARG_TYPE", __VA_ARGS__)
-#define THROW_RANGE(env, ...) throw_fmt((env), 2, "ERR_OUT_OF_RANGE", __VA_ARGS__)
-#define THROW_ERROR(env, code, ...) throw_fmt((env), 0, (code), __VA_ARGS__)
-
-/* Turn a failed N-API status into a JS exception unless one is pending. */
-static void throw_napi(napi_env env, napi_status status, const char *what) {
-  const napi_extended_error_info *info = NULL;
-  char msg[256];
-  const char *detail = "unknown error";
-  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL &&
-      info->error_message != NULL) {
-    detail = info->error_message;
-  }
-  snprintf(msg, sizeof msg, "shallot_tun: N-API call %s failed (status %d: %s)", what,
-           (int)status, detail);
-  bool pending = false;
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  napi_throw_error(env, "ERR_TUN_NAPI", msg);
-}
-
-#define NAPI_CALL(env, call, ret)                 \
-  do {                                            \
-    napi_status napi_call_status_ = (call);       \
-    if (napi_call_status_ != napi_ok) {           \
-      throw_napi((env), napi_call_status_, #call); \
-      return ret;                                 \
-    }                                             \
-  } while (0)
-
-/* ------------------------------------------------------------------------ */
 /* Arguments                                                                 */
 
 /* Read `n` arguments; missing ones are undefined. Returns false (with an
@@ -220,47 +126,6 @@ static bool get_args(napi_env env, napi_callback_info info, size_t n, napi_value
       return false;
     }
   }
-  return true;
-}
-
-static bool get_integer(napi_env env, napi_value v, const char *what, double min, double max,
-                        double *out) {
-  napi_valuetype t;
-  napi_status st = napi_typeof(env, v, &t);
-  if (st != napi_ok) {
-    throw_napi(env, st, "napi_typeof");
-    return false;
-  }
-  if (t != napi_number) {
-    THROW_TYPE(env, "%s must be a number", what);
-    return false;
-  }
-  double d;
-  st = napi_get_value_double(env, v, &d);
-  if (st != napi_ok) {
-    throw_napi(env, st, "napi_get_value_double");
-    return false;
-  }
-  if (!isfinite(d) || d != floor(d) || d < min || d > max) {
-    THROW_RANGE(env, "%s must be an integer from %.0f to %.0f, got %g", what, min, max, d);
-    return false;
-  }
-  *out = d;
-  return true;
-}
-
-static bool get_fd(napi_env env, napi_value v, int *fd) {
-  double d;
-  if (!get_integer(env, v, "fd", 0, (double)INT_MAX, &d)) return false;
-  *fd = (int)d;
-  return true;
-}
-
-static bool get_u32(napi_env env, napi_value v, const char *what, uint32_t min, uint32_t max,
-                    uint32_t *out) {
-  double d;
-  if (!get_integer(env, v, what, (double)min, (double)max, &d)) return false;
-  *out = (uint32_t)d;
   return true;
 }
 
@@ -545,7 +410,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
-    throw_errno(env, err, open_hint(err), "cannot open /dev/net/tun");
+    throw_errno(env, err, NULL, open_hint(err), "cannot open /dev/net/tun");
     return NULL;
   }
   struct ifreq ifr;
@@ -555,7 +420,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   if (ioctl(fd, TUNSETIFF, (void *)&ifr) < 0) {
     int err = errno;
     close(fd);
-    throw_errno(env, err, setiff_hint(err), "TUNSETIFF '%s' failed", name);
+    throw_errno(env, err, NULL, setiff_hint(err), "TUNSETIFF '%s' failed", name);
     return NULL;
   }
   ifr.ifr_name[IFNAMSIZ - 1] = '\0';
@@ -675,7 +540,7 @@ static napi_value StartReading(napi_env env, napi_callback_info info) {
     reader_release_napi(r);
     free(r);
     if (created) e->used = false;
-    throw_errno(env, -rc, NULL, "cannot poll fd %d", fd);
+    throw_errno(env, -rc, NULL, NULL, "cannot poll fd %d", fd);
     return NULL;
   }
   rc = uv_poll_start(&r->poll, UV_READABLE, on_poll);
@@ -683,7 +548,7 @@ static napi_value StartReading(napi_env env, napi_callback_info info) {
     reader_release_napi(r);
     uv_close((uv_handle_t *)&r->poll, on_reader_closed);
     if (created) e->used = false;
-    throw_errno(env, -rc, NULL, "cannot poll fd %d", fd);
+    throw_errno(env, -rc, NULL, NULL, "cannot poll fd %d", fd);
     return NULL;
   }
   r->polling = true;
@@ -771,7 +636,7 @@ static napi_value WriteBatch(napi_env env, napi_callback_info info) {
         e->write_dropped += dropped;
         e->write_errors += failed + 1;
       }
-      throw_errno(env, err, NULL, "write to fd %d failed", fd);
+      throw_errno(env, err, NULL, NULL, "write to fd %d failed", fd);
       return NULL;
     } else {
       /* e.g. EINVAL for a packet that is not IPv4/IPv6, EIO while the
@@ -791,17 +656,6 @@ static napi_value WriteBatch(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------------------ */
 /* stats(fd)                                                                 */
-
-static bool set_number(napi_env env, napi_value obj, const char *key, double v) {
-  napi_value n;
-  napi_status st = napi_create_double(env, v, &n);
-  if (st == napi_ok) st = napi_set_named_property(env, obj, key, n);
-  if (st != napi_ok) {
-    throw_napi(env, st, key);
-    return false;
-  }
-  return true;
-}
 
 static napi_value Stats(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -854,7 +708,7 @@ static napi_value Close(napi_env env, napi_callback_info info) {
   if (e->reader != NULL) reader_stop(e->reader, true);
   e->used = false;
   if (close(fd) < 0 && errno != EINTR) {
-    throw_errno(env, errno, NULL, "close(%d) failed", fd);
+    throw_errno(env, errno, NULL, NULL, "close(%d) failed", fd);
     return NULL;
   }
   return NULL;

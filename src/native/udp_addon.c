@@ -67,6 +67,10 @@
 #include <node_api.h>
 #include <uv.h>
 
+#define ADDON_NAME "shallot_udp"
+#define ADDON_ERR "ERR_UDP"
+#include "addon_util.h"
+
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
@@ -169,106 +173,6 @@ struct reader {
 };
 
 /* ------------------------------------------------------------------------ */
-/* Errors                                                                    */
-
-static const char *errno_code(int e) {
-  switch (e) {
-    case EPERM: return "EPERM";
-    case EACCES: return "EACCES";
-    case ENOENT: return "ENOENT";
-    case EBADF: return "EBADF";
-    case EINVAL: return "EINVAL";
-    case EIO: return "EIO";
-    case ENOMEM: return "ENOMEM";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case EAGAIN: return "EAGAIN";
-    case ENOBUFS: return "ENOBUFS";
-    case EFAULT: return "EFAULT";
-    case EMSGSIZE: return "EMSGSIZE";
-    case ENOTSOCK: return "ENOTSOCK";
-    case EADDRINUSE: return "EADDRINUSE";
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
-    case EAFNOSUPPORT: return "EAFNOSUPPORT";
-    case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
-    case ENETUNREACH: return "ENETUNREACH";
-    case EHOSTUNREACH: return "EHOSTUNREACH";
-    case ECONNREFUSED: return "ECONNREFUSED";
-    case ENODEV: return "ENODEV";
-    default: return "ERR_UDP_SYSCALL";
-  }
-}
-
-/* Throw an Error whose message is `prefix: strerror(e)`, with `code` (errno
- * name), `errno` (negative number, as Node's) and, when given, `syscall`. */
-static void throw_errno(napi_env env, int e, const char *syscall, const char *fmt, ...) {
-  char prefix[160];
-  char msg[320];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(prefix, sizeof prefix, fmt, ap);
-  va_end(ap);
-  snprintf(msg, sizeof msg, "%s: %s (%s)", prefix, strerror(e), errno_code(e));
-  napi_value code, message, error, num, sc;
-  if (napi_create_string_utf8(env, errno_code(e), NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
-      napi_create_error(env, code, message, &error) != napi_ok) {
-    napi_throw_error(env, NULL, msg);
-    return;
-  }
-  if (napi_create_int32(env, -e, &num) == napi_ok) {
-    napi_set_named_property(env, error, "errno", num);
-  }
-  if (syscall != NULL && napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc) == napi_ok) {
-    napi_set_named_property(env, error, "syscall", sc);
-  }
-  napi_throw(env, error);
-}
-
-static void throw_fmt(napi_env env, int kind, const char *code, const char *fmt, ...) {
-  char msg[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (kind == 1) {
-    napi_throw_type_error(env, code, msg);
-  } else if (kind == 2) {
-    napi_throw_range_error(env, code, msg);
-  } else {
-    napi_throw_error(env, code, msg);
-  }
-}
-#define THROW_TYPE(env, ...) throw_fmt((env), 1, "ERR_INVALID_ARG_TYPE", __VA_ARGS__)
-#define THROW_RANGE(env, ...) throw_fmt((env), 2, "ERR_OUT_OF_RANGE", __VA_ARGS__)
-#define THROW_ERROR(env, code, ...) throw_fmt((env), 0, (code), __VA_ARGS__)
-
-/* Turn a failed N-API status into a JS exception unless one is pending. */
-static void throw_napi(napi_env env, napi_status status, const char *what) {
-  const napi_extended_error_info *info = NULL;
-  char msg[256];
-  const char *detail = "unknown error";
-  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL &&
-      info->error_message != NULL) {
-    detail = info->error_message;
-  }
-  snprintf(msg, sizeof msg, "shallot_udp: N-API call %s failed (status %d: %s)", what,
-           (int)status, detail);
-  bool pending = false;
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  napi_throw_error(env, "ERR_UDP_NAPI", msg);
-}
-
-#define NAPI_CALL(env, call, ret)                  \
-  do {                                             \
-    napi_status napi_call_status_ = (call);        \
-    if (napi_call_status_ != napi_ok) {            \
-      throw_napi((env), napi_call_status_, #call); \
-      return ret;                                  \
-    }                                              \
-  } while (0)
-
-/* ------------------------------------------------------------------------ */
 /* Arguments                                                                 */
 
 /* Read `n` arguments; missing ones are undefined. Returns false (with an
@@ -290,59 +194,6 @@ static bool get_args(napi_env env, napi_callback_info info, size_t n, napi_value
       return false;
     }
   }
-  return true;
-}
-
-static bool get_integer(napi_env env, napi_value v, const char *what, double min, double max,
-                        double *out) {
-  napi_valuetype t;
-  napi_status st = napi_typeof(env, v, &t);
-  if (st != napi_ok) {
-    throw_napi(env, st, "napi_typeof");
-    return false;
-  }
-  if (t != napi_number) {
-    THROW_TYPE(env, "%s must be a number", what);
-    return false;
-  }
-  double d;
-  st = napi_get_value_double(env, v, &d);
-  if (st != napi_ok) {
-    throw_napi(env, st, "napi_get_value_double");
-    return false;
-  }
-  if (!isfinite(d) || d != floor(d) || d < min || d > max) {
-    THROW_RANGE(env, "%s must be an integer from %.0f to %.0f, got %g", what, min, max, d);
-    return false;
-  }
-  *out = d;
-  return true;
-}
-
-static bool get_flag(napi_env env, napi_value v, const char *what, bool *out) {
-  napi_valuetype t;
-  NAPI_CALL(env, napi_typeof(env, v, &t), false);
-  if (t == napi_undefined) return true;
-  if (t != napi_boolean) {
-    THROW_TYPE(env, "%s must be a boolean", what);
-    return false;
-  }
-  NAPI_CALL(env, napi_get_value_bool(env, v, out), false);
-  return true;
-}
-
-static bool get_fd(napi_env env, napi_value v, int *fd) {
-  double d;
-  if (!get_integer(env, v, "fd", 0, (double)INT_MAX, &d)) return false;
-  *fd = (int)d;
-  return true;
-}
-
-static bool get_u32(napi_env env, napi_value v, const char *what, uint32_t min, uint32_t max,
-                    uint32_t *out) {
-  double d;
-  if (!get_integer(env, v, what, (double)min, (double)max, &d)) return false;
-  *out = (uint32_t)d;
   return true;
 }
 
@@ -806,28 +657,6 @@ static void set_sockbuf(int fd, int force_opt, int opt, int bytes) {
   (void)setsockopt(fd, SOL_SOCKET, opt, &bytes, sizeof bytes);
 }
 
-static bool set_number(napi_env env, napi_value obj, const char *key, double v) {
-  napi_value n;
-  napi_status st = napi_create_double(env, v, &n);
-  if (st == napi_ok) st = napi_set_named_property(env, obj, key, n);
-  if (st != napi_ok) {
-    throw_napi(env, st, key);
-    return false;
-  }
-  return true;
-}
-
-static bool set_string(napi_env env, napi_value obj, const char *key, const char *s) {
-  napi_value v;
-  napi_status st = napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
-  if (st == napi_ok) st = napi_set_named_property(env, obj, key, v);
-  if (st != napi_ok) {
-    throw_napi(env, st, key);
-    return false;
-  }
-  return true;
-}
-
 static napi_value Open(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   size_t argc = 0;
@@ -853,7 +682,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
 
   int fd = socket(af, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    throw_errno(env, errno, "socket", "socket(%s) failed", af == AF_INET ? "AF_INET" : "AF_INET6");
+    throw_errno(env, errno, "socket", NULL, "socket(%s) failed", af == AF_INET ? "AF_INET" : "AF_INET6");
     return NULL;
   }
   if (af == AF_INET6) {
@@ -861,7 +690,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
     if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) {
       int err = errno;
       close(fd);
-      throw_errno(env, err, "setsockopt", "IPV6_V6ONLY failed");
+      throw_errno(env, err, "setsockopt", NULL, "IPV6_V6ONLY failed");
       return NULL;
     }
   }
@@ -872,7 +701,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
     int err = errno;
     close(fd);
-    throw_errno(env, err, "bind", "bind %s port %u", host, port);
+    throw_errno(env, err, "bind", NULL, "bind %s port %u", host, port);
     return NULL;
   }
   struct sockaddr_in6 local;
@@ -881,7 +710,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   if (getsockname(fd, (struct sockaddr *)&local, &llen) < 0) {
     int err = errno;
     close(fd);
-    throw_errno(env, err, "getsockname", "getsockname failed");
+    throw_errno(env, err, "getsockname", NULL, "getsockname failed");
     return NULL;
   }
   char text[ADDR_TEXT_MAX];
@@ -1041,14 +870,14 @@ static napi_value StartReading(napi_env env, napi_callback_info info) {
   if (rc != 0) {
     reader_release_napi(r);
     free(r);
-    throw_errno(env, -rc, "uv_poll_init", "cannot poll fd %d", fd);
+    throw_errno(env, -rc, "uv_poll_init", NULL, "cannot poll fd %d", fd);
     return NULL;
   }
   rc = uv_poll_start(&r->poll, UV_READABLE, on_poll);
   if (rc != 0) {
     reader_release_napi(r);
     uv_close((uv_handle_t *)&r->poll, on_reader_closed);
-    throw_errno(env, -rc, "uv_poll_start", "cannot poll fd %d", fd);
+    throw_errno(env, -rc, "uv_poll_start", NULL, "cannot poll fd %d", fd);
     return NULL;
   }
   r->polling = true;
@@ -1336,7 +1165,7 @@ static napi_value sent_result(napi_env env, entry_t *e, const send_result_t *res
                               const char *syscall, int fd) {
   account_send(e, res);
   if (res->fatal != 0) {
-    throw_errno(env, res->fatal, syscall, "send on fd %d failed", fd);
+    throw_errno(env, res->fatal, syscall, NULL, "send on fd %d failed", fd);
     return NULL;
   }
   napi_value result;
@@ -1541,7 +1370,7 @@ static napi_value Close(napi_env env, napi_callback_info info) {
   if (e->reader != NULL) reader_stop(e->reader, true);
   e->used = false;
   if (close(fd) < 0 && errno != EINTR) {
-    throw_errno(env, errno, "close", "close(%d) failed", fd);
+    throw_errno(env, errno, "close", NULL, "close(%d) failed", fd);
     return NULL;
   }
   return NULL;
