@@ -74,7 +74,8 @@ export class RelayFinder {
   private readonly now: () => number;
   private socket4: dgram.Socket | undefined;
   private socket6: dgram.Socket | undefined;
-  private readonly waiting = new Map<string, (key: Buffer) => void>();
+  private stopped = false;
+  private readonly waiting = new Map<string, (key: Buffer | null) => void>();
   private refreshing: Promise<number> | null = null;
 
   constructor(private readonly options: RelayFinderOptions) {
@@ -225,7 +226,7 @@ export class RelayFinder {
   }
 
   private queryKey(host: string, port: number): Promise<Buffer | null> {
-    if (!net.isIP(host) || port < 1 || port > 65535) return Promise.resolve(null);
+    if (this.stopped || !net.isIP(host) || port < 1 || port > 65535) return Promise.resolve(null);
     const id = `${host}|${port}`;
     if (this.waiting.has(id)) return Promise.resolve(null);
     const socket = this.socketFor(host);
@@ -233,7 +234,12 @@ export class RelayFinder {
       let tries = 0;
       const send = () => {
         tries += 1;
-        socket.send(encodeKeyQuery(), port, host);
+        try {
+          socket.send(encodeKeyQuery(), port, host);
+        } catch {
+          // The socket was closed under us (stop() while a query waits).
+          finish(null);
+        }
       };
       const timer = setInterval(() => {
         if (tries >= KEY_QUERY_TRIES) finish(null);
@@ -250,6 +256,10 @@ export class RelayFinder {
   }
 
   stop(): void {
+    this.stopped = true;
+    // Pending key queries end now (their timers with them): none sends on
+    // a closed socket.
+    for (const w of [...this.waiting.values()]) w(null);
     for (const s of [this.socket4, this.socket6]) {
       try {
         s?.close();
