@@ -2,18 +2,16 @@
 import type { CommandSpec } from './args.js';
 import { demoCommand, demoSpec } from './demo-command.js';
 import { idCommand, idSpec, keygenCommand, keygenSpec } from './identity-commands.js';
+import { bootstrapCommand, bootstrapSpec } from './bootstrap-command.js';
+import { clientCommand, clientSpec } from './client-command.js';
 import {
-  bootstrapCommand,
-  bootstrapSpec,
-  clientCommand,
-  clientSpec,
   descriptorCommand,
   descriptorSpec,
   exitCommand,
   exitSpec,
   relayCommand,
   relaySpec,
-} from './node-commands.js';
+} from './relay-commands.js';
 import { statusCommand, statusSpec } from './status-command.js';
 import { tunnelCommand, tunnelSpec } from './tunnel-command.js';
 import { testnetCommand, testnetSpec } from '../testnet/testnet-command.js';
