@@ -68,7 +68,9 @@ export class LinuxTun implements PacketDevice {
     const runs = c.runs;
     const out = c.coalesce(packed, len);
     const written = this.native.writeBatch(this.fd, out.buf, out.len);
-    // Each run was one write of (segments) packets.
+    // Each run was one write of (segments) packets. When the kernel
+    // refused some writes (EAGAIN) the native side does not say which, so
+    // the count then assumes the refused ones were single packets.
     return written + (c.segments - segments) - (c.runs - runs);
   }
 
