@@ -112,6 +112,8 @@ export interface LinkCounters {
   authFailures: number;
   unauthorized: number;
   keyQueries: number;
+  /** ClientHellos from an address this node was dialing at the same time. */
+  crossedDials: number;
 }
 
 export interface LinkEndpointOptions {
@@ -171,11 +173,14 @@ export class LinkEndpoint {
     authFailures: 0,
     unauthorized: 0,
     keyQueries: 0,
+    crossedDials: 0,
   };
   readonly peers = new Map<string, LinkPeer>();
   private readonly dialTargets = new Map<string, DialTarget>();
   private readonly ctx: NativeDtlsContext;
   private readonly ownCertDer: Buffer;
+  /** This node's id (hex), for the crossed-dial tie-break. */
+  private readonly ownId: string;
   private readonly log: Logger;
   private readonly now: () => number;
   private readonly rxBuf = Buffer.alloc(65_536);
@@ -205,6 +210,7 @@ export class LinkEndpoint {
     });
     this.ctx.setCookieSecrets(this.cookieSecret, null);
     this.ownCertDer = dtls.certificateDer(options.identity.link.certPem);
+    this.ownId = options.identity.id;
     this.keyAnswer = options.listen ? encodeKeyAnswer(options.identity.publicKey) : null;
   }
 
@@ -300,9 +306,23 @@ export class LinkEndpoint {
         // link that has gone quiet for longer than a keepalive period is
         // replaced, and only once the new handshake returns a cookie.
         if (this.now() - peer.lastReceivedAt > this.keepaliveIntervalMs + 1000) {
-          this.listenStep(data, host, port, key, peer);
+          this.listenStep(data, host, port, key, peer, 'peer restarted its link');
         } else {
           this.counters.drops.garbage += 1;
+        }
+        return;
+      }
+      if (peer.role === 'dialer' && peer.state === 'handshake' && isClientHello(data)) {
+        // Crossed dials: both ends dial each other at once (two relays
+        // extending to each other), each ClientHello lands in the other
+        // end's dialing session and both handshakes would fail. The end
+        // with the higher node id gives way and answers as a listener
+        // (stateless cookie first: its own dial is dropped only for a
+        // ClientHello that proved its address); the lower one keeps
+        // dialing and ignores the other's ClientHellos.
+        this.counters.crossedDials += 1;
+        if (this.options.listen && peer.expectedId !== null && this.ownId > peer.expectedId) {
+          this.listenStep(data, host, port, key, peer, 'crossed dial: answering theirs');
         }
         return;
       }
@@ -326,6 +346,7 @@ export class LinkEndpoint {
     port: number,
     key: string,
     existing: LinkPeer | null,
+    replacing = '',
   ): void {
     if (!existing && this.peers.size >= this.maxPeers) {
       this.counters.drops.peerLimit += 1;
@@ -342,7 +363,7 @@ export class LinkEndpoint {
       this.counters.drops.garbage += 1;
       return;
     }
-    if (existing) this.drop(existing, 'peer restarted its link', null);
+    if (existing) this.drop(existing, replacing, null);
     const session = this.ctx.accept();
     const peer = new LinkPeer(key, host, port, 'listener', session, this.now(), null);
     this.peers.set(key, peer);

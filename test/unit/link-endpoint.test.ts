@@ -164,3 +164,30 @@ test('random datagrams at a listener are dropped, counted, and allocate no link'
   assert.equal(listener.ep.peers.size, 0);
   assert.equal(listener.ep.counters.drops.garbage, 2000);
 });
+
+test('crossed dials (two relays dial each other at once) end in one link, not two failures', async () => {
+  for (let round = 0; round < 4; round += 1) {
+    const net = new MemoryNetwork();
+    const a = await node(net, `10.0.9.${round * 2 + 1}`, 7000, { listen: { allowedIds: null } });
+    const b = await node(net, `10.0.9.${round * 2 + 2}`, 7000, { listen: { allowedIds: null } });
+    // As a relay extends: not persistent, so a failed handshake is not retried.
+    a.ep.dial(`10.0.9.${round * 2 + 2}`, 7000, b.id.id, { persistent: false });
+    b.ep.dial(`10.0.9.${round * 2 + 1}`, 7000, a.id.id, { persistent: false });
+    await waitFor(
+      'one link up at both ends',
+      () => a.up.length === 1 && b.up.length === 1,
+      5000,
+      10,
+    );
+    assert.equal(a.up[0]?.id, b.id.id);
+    assert.equal(b.up[0]?.id, a.id.id);
+    assert.ok(
+      a.ep.counters.crossedDials + b.ep.counters.crossedDials >= 1,
+      'the crossing was seen and resolved',
+    );
+    assert.deepEqual([a.down, b.down], [[], []], 'no link went down');
+    const [buf, len] = packData([Buffer.from(`round ${round}`)]);
+    assert.ok(a.ep.sendMessages(a.up[0] as LinkPeer, buf, len, 1));
+    await waitFor('data across', () => b.data.length === 1, 2000, 5);
+  }
+});
