@@ -147,11 +147,9 @@ function assertOverlay(t: TestContext, s: Sim, what: string): boolean {
   assert.equal(s.perNode.filter((n) => n.killed).length, 1);
   assert.equal(s.cleanup.nodesStopped, 17);
   if (s.crossedDials.count > 0) {
-    t.diagnostic(
-      `${what}: relays dialed each other at once (${s.crossedDials.pairs.join(', ')}): ` +
-        'a known node bug that stalls circuits for 10 s; progress checks skipped',
-    );
-    return false;
+    // The link layer resolves these (the higher node id answers as a
+    // listener), so the checks below hold with them too.
+    t.diagnostic(`${what}: relays dialed each other at once (${s.crossedDials.pairs.join(', ')})`);
   }
   assert.equal(s.circuits.firstCircuits, 3, `${what}: every client built a circuit`);
   assert.equal(s.circuits.timeToFirstMs.n, 3);
