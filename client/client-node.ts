@@ -189,6 +189,8 @@ export class ClientNode {
   stop(): void {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    // A retry wait ends now, so that nothing holds the process after stop().
+    this.endPause?.();
     for (const c of this.circuits.values()) this.close(c, 'stopping', true);
     this.outbox.flush();
     this.endpoint.stop();
@@ -197,6 +199,21 @@ export class ClientNode {
 
   get ready(): boolean {
     return this.current?.state === 'ready';
+  }
+
+  /** Ends the current retry wait early (set while maintain() waits). */
+  private endPause: (() => void) | null = null;
+
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        if (this.endPause === done) this.endPause = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.endPause = done;
+    });
   }
 
   // --- building --------------------------------------------------------------
@@ -212,11 +229,13 @@ export class ClientNode {
         try {
           await this.buildOne();
         } catch (e) {
+          // A build that stop() cut short is not a failure.
+          if (this.stopped) break;
           this.counters.circuitFailures += 1;
           const msg = (e as Error).message;
           this.log.warn(`circuit build failed: ${msg}`);
           this.options.onProgress?.(`circuit build failed: ${msg}; retrying`);
-          await sleep(Math.min(500 * attempt, 5000));
+          await this.pause(Math.min(500 * attempt, 5000));
         }
       }
     } finally {
@@ -601,8 +620,4 @@ export class ClientNode {
       link: this.endpoint.describe(),
     };
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
