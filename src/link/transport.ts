@@ -453,7 +453,7 @@ export function countPacked(buf: Buffer, len: number): number {
 /**
  * In-memory twin: transports on one MemoryNetwork reach each other by
  * "host:port". Delivery is asynchronous (a microtask-free setImmediate
- * queue), optionally lossy and reordering for tests.
+ * queue), optionally lossy for tests (lossRate); it never reorders.
  */
 export class MemoryNetwork {
   readonly endpoints = new Map<string, MemoryTransport>();
