@@ -71,7 +71,11 @@ export interface Lease {
 }
 
 type PendingKind = { kind: 'created' } | { kind: 'relay'; command: number };
-type Pending = PendingKind & { resolve: (body: Buffer) => void };
+type Pending = PendingKind & {
+  resolve: (body: Buffer) => void;
+  /** The circuit closed while waiting: the step fails now, not at its next resend. */
+  abort: (reason: string) => void;
+};
 
 class Circuit {
   readonly keys: HopKeys[] = [];
@@ -366,7 +370,11 @@ export class ClientNode {
         if (err) reject(err);
         else resolve(value as Buffer);
       };
-      circ.pending = { ...pending, resolve: (b: Buffer) => finish(null, b) } as Pending;
+      circ.pending = {
+        ...pending,
+        resolve: (b: Buffer) => finish(null, b),
+        abort: (reason: string) => finish(new Error(reason)),
+      } as Pending;
       const attempt = () => {
         if (circ.state === 'closed') {
           finish(new Error(circ.failure ?? 'circuit closed'));
@@ -565,6 +573,7 @@ export class ClientNode {
     if (circ.state === 'closed') return;
     circ.state = 'closed';
     circ.failure = reason;
+    circ.pending?.abort(reason);
     this.circuits.delete(circ.id);
     if (this.current === circ) this.current = null;
     if (tellGuard && circ.guard.state === 'up') {
