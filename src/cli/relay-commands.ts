@@ -26,6 +26,7 @@ import {
   rotateOnionKey,
   type Identity,
 } from '../identity.js';
+import { formatHostPort } from '../link/endpoint.js';
 import { UdpTransport } from '../link/transport.js';
 import { type Logger } from '../log.js';
 import { formatIp, parseCidr, parseHostPort, type Cidr } from '../net/cidr.js';
@@ -175,6 +176,8 @@ function relaySetup(p: Parsed): RelaySetup {
       '--listen is a wildcard address: give --advertise HOST:PORT for the descriptor',
     );
   }
+  const warning = advertiseWarning(advertise, listen, localAddresses());
+  if (warning) log.warn(warning);
   const bandwidth = p.bandwidth === undefined ? 10_000 : Number(p.bandwidth);
   if (!Number.isInteger(bandwidth) || bandwidth < 0 || bandwidth >= 2 ** 32) {
     throw errors.badArgument('--bandwidth must be a whole number of kB/s');
@@ -361,6 +364,39 @@ export async function relayCommand(argv: string[]): Promise<number> {
 }
 
 /** Every address of this host with its prefix: the exit never forwards to them. */
+/** Every address of this host's interfaces. */
+function localAddresses(): string[] {
+  return Object.values(os.networkInterfaces()).flatMap((l) => (l ?? []).map((a) => a.address));
+}
+
+/**
+ * Why clients may not reach this relay at the address its descriptor
+ * lists, or null. Clients accept a relay only if its key query is answered
+ * from the listed address and port, so a mismatch shows up for them only
+ * as a rejected relay (finder counter address-mismatch): say it here.
+ */
+export function advertiseWarning(
+  advertise: { host: string; port: number },
+  listen: { host: string; port: number },
+  local: string[],
+): string | null {
+  const shown = `--advertise ${formatHostPort(advertise.host, advertise.port)}`;
+  const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
+  if (!local.includes(advertise.host)) {
+    return (
+      `${shown}: not an address of this host; clients must reach this relay there, ` +
+      `so a port forward or 1:1 NAT to ${formatHostPort(listen.host, listen.port)} is needed`
+    );
+  }
+  if (!wildcard && advertise.host !== listen.host) {
+    return `${shown}: this relay listens on ${listen.host} only, so clients will not reach it there`;
+  }
+  if (advertise.port !== listen.port) {
+    return `${shown}: this relay listens on port ${listen.port}, so clients need a port forward`;
+  }
+  return null;
+}
+
 function ownNetworks(): Cidr[] {
   const out: Cidr[] = [];
   for (const list of Object.values(os.networkInterfaces())) {
