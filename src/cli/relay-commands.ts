@@ -433,7 +433,10 @@ export async function exitCommand(argv: string[]): Promise<number> {
   const addresses = new AddressPool(pool, pool6);
   let summary = policy.summary();
   if (summary.length > 200) summary = summary.slice(0, 196) + ' ...';
-  ExitNat.removeStale();
+  const stale = ExitNat.removeStale();
+  if (stale.length > 0) {
+    s.log.info(`removed the nftables tables of exits that died: ${stale.join(', ')}`);
+  }
   const device = LinuxTun.open(typeof p.dev === 'string' ? p.dev : 'shexit%d', CIRCUIT_MTU);
   let nat: ExitNat | null = null;
   let exit: ExitHandler | null = null;
