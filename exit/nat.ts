@@ -20,7 +20,9 @@
  * with a forward policy of drop, still applies: nftables base chains are
  * all traversed.) stop() deletes the table and restores the sysctls it
  * changed, if nobody changed them since. removeStale() sweeps the tables
- * of exits that died without stop().
+ * of exits that died without stop(), and puts back the forwarding sysctls
+ * they had turned on (recorded in each table's comment) once no live exit
+ * is left.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -39,6 +41,8 @@ export interface ExitNatOptions {
 }
 
 const STALE_PREFIX = 'shallot_exit_';
+/** Table comment: the forwarding sysctls the exit turned on, and their values before. */
+const FORWARDING_MARK = 'shallot exit; forwarding was';
 const NO_NFT = 'the exit needs nftables: apt-get install nftables';
 
 const SYSCTL_V4 = '/proc/sys/net/ipv4/ip_forward';
@@ -144,8 +148,13 @@ export class ExitNat {
     this.options = options;
   }
 
-  /** The nft transaction start() applies (replacing a leftover of the same name). */
-  ruleset(): string {
+  /**
+   * The nft transaction start() applies (replacing a leftover of the same
+   * name). `forwardingWas`, when given, goes into the table's comment: the
+   * sysctl values start() is about to change, so that removeStale() can
+   * put them back for an exit that died without stop().
+   */
+  ruleset(forwardingWas?: { v4: string | null; v6: string | null }): string {
     const { tunName, poolV4, poolV6, outInterface } = this.options;
     const tun = `"${tunName}"`;
     const out = outInterface === undefined ? `oifname != ${tun}` : `oifname "${outInterface}"`;
@@ -158,6 +167,9 @@ export class ExitNat {
       `add table inet ${t}`,
       `delete table inet ${t}`,
       `table inet ${t} {`,
+      ...(forwardingWas
+        ? [`  comment "${FORWARDING_MARK} ${forwardingWas.v4 ?? '-'} ${forwardingWas.v6 ?? '-'}"`]
+        : []),
       `  chain postrouting {`,
       `    type nat hook postrouting priority srcnat; policy accept;`,
       ...pools.map(([f, net]) => `    ${f} saddr ${net} ${out} masquerade`),
@@ -175,8 +187,17 @@ export class ExitNat {
   start(): void {
     if (this.started) return;
     // The table first: it fails cleanly (no nft, no permission) before any
-    // sysctl is touched, and is one atomic transaction.
-    nft(['-f', '-'], this.ruleset());
+    // sysctl is touched, and is one atomic transaction. It records which
+    // forwarding sysctls are about to be turned on, and their values.
+    const was = (path: string) => {
+      const v = readSysctl(path);
+      return v === '1' || !/^[0-9]$/.test(v) ? null : v;
+    };
+    const forwardingWas = {
+      v4: was(SYSCTL_V4),
+      v6: this.options.poolV6 ? was(SYSCTL_V6) : null,
+    };
+    nft(['-f', '-'], this.ruleset(forwardingWas));
     try {
       this.enableForwarding(SYSCTL_V4);
       if (this.options.poolV6) this.enableForwarding(SYSCTL_V6);
@@ -208,22 +229,43 @@ export class ExitNat {
 
   /**
    * Delete tables named PREFIX<pid> whose process is gone (an exit that
-   * crashed). Returns the names deleted.
+   * crashed) and, if no live exit remains, put back the forwarding
+   * sysctls those exits had turned on. Returns the names deleted.
    */
   static removeStale(prefix = STALE_PREFIX): string[] {
     const removed: string[] = [];
     const escaped = prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     const re = new RegExp(`^table inet (${escaped}(\\d+))$`);
+    const restore: { path: string; value: string }[] = [];
+    let live = 0;
     for (const line of nft(['list', 'tables']).split('\n')) {
       const m = re.exec(line.trim());
       if (!m?.[1] || !m[2]) continue;
       const pid = Number(m[2]);
-      if (pid === process.pid || pidAlive(pid)) continue;
+      if (pid === process.pid || pidAlive(pid)) {
+        live += 1;
+        continue;
+      }
       try {
+        const text = nft(['list', 'table', 'inet', m[1]]);
+        const c = new RegExp(`comment "${FORWARDING_MARK} (\\S+) (\\S+)"`).exec(text);
+        if (c?.[1] && /^[0-9]$/.test(c[1])) restore.push({ path: SYSCTL_V4, value: c[1] });
+        if (c?.[2] && /^[0-9]$/.test(c[2])) restore.push({ path: SYSCTL_V6, value: c[2] });
         nft(['delete', 'table', 'inet', m[1]]);
         removed.push(m[1]);
       } catch {
         /* deleted meanwhile */
+      }
+    }
+    // Forwarding that a dead exit turned on goes back to what it was, unless
+    // a live exit still needs it (or someone turned it off since).
+    if (live === 0) {
+      for (const r of restore) {
+        try {
+          if (readSysctl(r.path) === '1') writeSysctl(r.path, r.value);
+        } catch {
+          /* best effort: the caller's own start() reports sysctl trouble */
+        }
       }
     }
     return removed;

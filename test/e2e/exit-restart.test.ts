@@ -1,7 +1,8 @@
 /**
- * An exit killed with SIGKILL cannot remove its nftables table; the next
- * exit started on the machine removes it, works, and leaves nothing
- * behind when it stops. (The TUN device goes with the dead process.)
+ * An exit killed with SIGKILL cannot remove its nftables table nor turn
+ * IP forwarding back off; the next exit started on the machine does both
+ * (the table's comment says what forwarding was), works, and leaves
+ * nothing behind when it stops. (The TUN device goes with the process.)
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -61,6 +62,8 @@ describe('exit killed and restarted', { skip: skip ?? false, timeout: 120_000 },
     ]);
 
   it("the next exit removes the dead one's table, and its own when it stops", async () => {
+    const forwarding = () => lab.sh(ns, 'cat /proc/sys/net/ipv4/ip_forward').trim();
+    lab.sh(ns, 'echo 0 > /proc/sys/net/ipv4/ip_forward');
     const first = startExit();
     await waitFor('first exit up', () => first.output().includes('exit on shexit0'), 20_000, 50);
     const firstTable = `shallot_exit_${first.pid}`;
@@ -73,6 +76,7 @@ describe('exit killed and restarted', { skip: skip ?? false, timeout: 120_000 },
       20,
     );
     assert.deepEqual(tables(), [firstTable], 'a killed exit leaves its table');
+    assert.equal(forwarding(), '1', '... and forwarding on');
     await waitFor('its device gone with it', () => devices().length === 0, 5000, 50);
 
     const second = startExit();
@@ -85,5 +89,6 @@ describe('exit killed and restarted', { skip: skip ?? false, timeout: 120_000 },
     assert.equal(await lab.stop(second), 0, second.output());
     assert.deepEqual(tables(), [], 'nothing left after a clean stop');
     assert.deepEqual(devices(), []);
+    assert.equal(forwarding(), '0', 'forwarding back to what it was before the first exit');
   });
 });
