@@ -59,7 +59,9 @@ interface Segment {
 interface Run {
   /** Index (in the batch) of the first segment. */
   first: number;
+  /** Its segments: segs[0, n); the array is reused from batch to batch. */
   segs: Segment[];
+  n: number;
   nextSeq: number;
   mss: number;
   bytes: number;
@@ -82,41 +84,50 @@ function u32(b: Buffer, o: number): number {
 
 /** The segment at packed[off, off+len) if it may join a run, else null. */
 export function coalescible(b: Buffer, off: number, len: number): Segment | null {
-  if (len < 1) return null;
+  const s = newSegment();
+  return parseSegment(b, off, len, s) ? s : null;
+}
+
+function newSegment(): Segment {
+  return { off: 0, len: 0, ipHdr: 0, tcpHdr: 0, seq: 0, payload: 0, psh: false, v6: false };
+}
+
+/** coalescible() into a reused object: true if the segment may join a run. */
+function parseSegment(b: Buffer, off: number, len: number, into: Segment): boolean {
+  if (len < 1) return false;
   const version = (b[off] as number) >> 4;
   let ipHdr: number;
   let v6: boolean;
   if (version === 4) {
-    if (len < 40 || b[off] !== 0x45) return null; // no IP options
-    if (u16(b, off + 2) !== len) return null;
-    if ((u16(b, off + 6) & 0x3fff) !== 0) return null; // MF or a fragment offset
-    if (b[off + 9] !== 6) return null;
-    if (ipv4HeaderSum(b, off) !== 0xffff) return null;
+    if (len < 40 || b[off] !== 0x45) return false; // no IP options
+    if (u16(b, off + 2) !== len) return false;
+    if ((u16(b, off + 6) & 0x3fff) !== 0) return false; // MF or a fragment offset
+    if (b[off + 9] !== 6) return false;
+    if (ipv4HeaderSum(b, off) !== 0xffff) return false;
     ipHdr = 20;
     v6 = false;
   } else if (version === 6) {
-    if (len < 60 || b[off + 6] !== 6) return null; // TCP right after the fixed header
-    if (u16(b, off + 4) + 40 !== len) return null;
+    if (len < 60 || b[off + 6] !== 6) return false; // TCP right after the fixed header
+    if (u16(b, off + 4) + 40 !== len) return false;
     ipHdr = 40;
     v6 = true;
   } else {
-    return null;
+    return false;
   }
   const t = off + ipHdr;
   const tcpHdr = ((b[t + 12] as number) >> 4) * 4;
-  if (tcpHdr < 20 || ipHdr + tcpHdr >= len) return null; // a payload is needed
+  if (tcpHdr < 20 || ipHdr + tcpHdr >= len) return false; // a payload is needed
   const flags = b[t + 13] as number;
-  if ((flags & ~TCP_PSH) !== TCP_ACK) return null; // ACK, maybe PSH; nothing else
-  return {
-    off,
-    len,
-    ipHdr,
-    tcpHdr,
-    seq: u32(b, t + 4),
-    payload: len - ipHdr - tcpHdr,
-    psh: (flags & TCP_PSH) !== 0,
-    v6,
-  };
+  if ((flags & ~TCP_PSH) !== TCP_ACK) return false; // ACK, maybe PSH; nothing else
+  into.off = off;
+  into.len = len;
+  into.ipHdr = ipHdr;
+  into.tcpHdr = tcpHdr;
+  into.seq = u32(b, t + 4);
+  into.payload = len - ipHdr - tcpHdr;
+  into.psh = (flags & TCP_PSH) !== 0;
+  into.v6 = v6;
+  return true;
 }
 
 /** True if `s` is of the same flow as `f`: IP version, addresses, ports. */
@@ -162,8 +173,8 @@ function sameShape(b: Buffer, f: Segment, s: Segment): boolean {
  * If packed[off, off+len) is a TCP packet (any shape) of the flow of an
  * open run, close that run.
  */
-function endFlow(b: Buffer, off: number, len: number, runs: Run[], open: number[]): void {
-  if (open.length === 0 || len < 20) return;
+function endFlow(b: Buffer, off: number, len: number, runs: Run[], open: OpenRuns): void {
+  if (open.count === 0 || len < 20) return;
   const version = (b[off] as number) >> 4;
   let ip: number;
   if (version === 4) {
@@ -177,8 +188,8 @@ function endFlow(b: Buffer, off: number, len: number, runs: Run[], open: number[
   }
   if (ip < 20 || off + ip + 4 > off + len) return;
   const v6 = version === 6;
-  for (let k = 0; k < open.length; k += 1) {
-    const r = runs[open[k] as number] as Run;
+  for (let k = 0; k < open.count; k += 1) {
+    const r = runs[open.at[k] as number] as Run;
     const f = r.segs[0] as Segment;
     if (f.v6 !== v6) continue;
     const a = v6 ? 8 : 12;
@@ -187,8 +198,25 @@ function endFlow(b: Buffer, off: number, len: number, runs: Run[], open: number[
     const ft = f.off + f.ipHdr;
     if (b.compare(b, ft, ft + 4, off + ip, off + ip + 4) !== 0) continue;
     r.closed = true;
-    open.splice(k, 1);
+    open.remove(k);
     return;
+  }
+}
+
+/** The runs still open in a batch (at most MAX_OPEN_RUNS), oldest first. */
+class OpenRuns {
+  readonly at = new Int32Array(MAX_OPEN_RUNS);
+  count = 0;
+
+  remove(k: number): void {
+    this.at.copyWithin(k, k + 1, this.count);
+    this.count -= 1;
+  }
+
+  add(run: number): void {
+    if (this.count >= MAX_OPEN_RUNS) this.remove(0);
+    this.at[this.count] = run;
+    this.count += 1;
   }
 }
 
@@ -220,6 +248,15 @@ export class TcpCoalescer {
   runs = 0;
   /** Segments that went into those runs. */
   segments = 0;
+  // Work state, reused from batch to batch (nothing is allocated per
+  // packet once a batch of this size has been seen): where each packet
+  // is, its run (-1: none), its parsed segment, and the runs.
+  private offs = new Int32Array(64);
+  private lens = new Int32Array(64);
+  private runOf = new Int32Array(64);
+  private readonly segPool: Segment[] = [];
+  private readonly runPool: Run[] = [];
+  private readonly open = new OpenRuns();
 
   /**
    * Convert the packed batch `packed[0, len)` ([u16 len][packet]...) into
@@ -229,22 +266,24 @@ export class TcpCoalescer {
    */
   coalesce(packed: Buffer, len: number): { buf: Buffer; len: number } {
     // Pass 1: find the packets, and the runs among them.
-    const offs: number[] = [];
-    const lens: number[] = [];
-    const runOf: number[] = []; // run index, or -1
-    const runs: Run[] = [];
-    const open: number[] = []; // indices into runs, at most MAX_OPEN_RUNS
+    const runs = this.runPool;
+    const open = this.open;
+    open.count = 0;
+    let nRuns = 0;
+    let count = 0;
     let o = 0;
     while (o + 2 <= len) {
       const n = u16(packed, o);
       if (o + 2 + n > len) break;
-      const i = offs.length;
-      offs.push(o + 2);
-      lens.push(n);
-      runOf.push(-1);
+      const i = count;
+      if (i === this.offs.length) this.grow();
+      count += 1;
+      this.offs[i] = o + 2;
+      this.lens[i] = n;
+      this.runOf[i] = -1;
       o += 2 + n;
-      const s = coalescible(packed, o - n, n);
-      if (s === null) {
+      const s = this.segPool[i] ?? (this.segPool[i] = newSegment());
+      if (!parseSegment(packed, o - n, n, s)) {
         // Another packet of an open run's flow (a FIN, an RST, a pure
         // ACK...) must not be overtaken by later segments: that run ends.
         endFlow(packed, o - n, n, runs, open);
@@ -253,8 +292,9 @@ export class TcpCoalescer {
       let joined = false;
       // At most one open run per flow: a segment of it either extends
       // that run or ends it, so nothing in a flow is ever reordered.
-      for (let k = 0; k < open.length; k += 1) {
-        const r = runs[open[k] as number] as Run;
+      for (let k = 0; k < open.count; k += 1) {
+        const ri = open.at[k] as number;
+        const r = runs[ri] as Run;
         const f = r.segs[0] as Segment;
         if (!sameTuple(packed, f, s)) continue;
         if (
@@ -262,64 +302,80 @@ export class TcpCoalescer {
           sameShape(packed, f, s) &&
           s.seq === r.nextSeq &&
           s.payload <= r.mss &&
-          r.segs.length < MAX_RUN_SEGMENTS &&
+          r.n < MAX_RUN_SEGMENTS &&
           r.bytes + s.payload <= MAX_RUN_BYTES
         ) {
-          r.segs.push(s);
+          r.segs[r.n] = s;
+          r.n += 1;
           r.bytes += s.payload;
           r.nextSeq = (r.nextSeq + s.payload) >>> 0;
           // A shorter segment or PSH ends the run (as the sender's TSO
           // would have ended it).
           if (s.payload < r.mss || s.psh) r.closed = true;
-          runOf[i] = open[k] as number;
+          this.runOf[i] = ri;
           joined = true;
         } else {
           // Out of sequence or shaped differently: this flow's run ends.
           r.closed = true;
-          open.splice(k, 1);
+          open.remove(k);
         }
         break;
       }
       if (joined) continue;
-      const r: Run = {
-        first: i,
-        segs: [s],
-        nextSeq: (s.seq + s.payload) >>> 0,
-        mss: s.payload,
-        bytes: s.ipHdr + s.tcpHdr + s.payload,
-        closed: s.psh,
-      };
-      runs.push(r);
-      runOf[i] = runs.length - 1;
-      if (open.length >= MAX_OPEN_RUNS) open.shift();
-      open.push(runs.length - 1);
+      const r =
+        runs[nRuns] ??
+        (runs[nRuns] = { first: 0, segs: [], n: 0, nextSeq: 0, mss: 0, bytes: 0, closed: false });
+      r.first = i;
+      r.segs[0] = s;
+      r.n = 1;
+      r.nextSeq = (s.seq + s.payload) >>> 0;
+      r.mss = s.payload;
+      r.bytes = s.ipHdr + s.tcpHdr + s.payload;
+      r.closed = s.psh;
+      this.runOf[i] = nRuns;
+      open.add(nRuns);
+      nRuns += 1;
     }
 
     // Pass 2: write the entries, each run where its first segment was.
-    const need = len + offs.length * VNET_HDR_BYTES;
+    const need = len + count * VNET_HDR_BYTES;
     if (this.out.length < need) this.out = Buffer.alloc(Math.max(need, 2 * this.out.length));
     const out = this.out;
     let w = 0;
-    for (let i = 0; i < offs.length; i += 1) {
-      const ri = runOf[i] as number;
+    for (let i = 0; i < count; i += 1) {
+      const ri = this.runOf[i] as number;
       const r = ri >= 0 ? (runs[ri] as Run) : null;
-      if (r !== null && r.segs.length > 1) {
+      if (r !== null && r.n > 1) {
         if (r.first === i) {
           w = writeRun(packed, r, out, w);
           this.runs += 1;
-          this.segments += r.segs.length;
+          this.segments += r.n;
         }
         continue;
       }
-      const n = lens[i] as number;
+      const n = this.lens[i] as number;
+      const from = this.offs[i] as number;
       const entry = VNET_HDR_BYTES + n;
       out[w] = entry >>> 8;
       out[w + 1] = entry & 0xff;
       out.fill(0, w + 2, w + 2 + VNET_HDR_BYTES);
-      packed.copy(out, w + 2 + VNET_HDR_BYTES, offs[i], (offs[i] as number) + n);
+      packed.copy(out, w + 2 + VNET_HDR_BYTES, from, from + n);
       w += 2 + entry;
     }
     return { buf: out, len: w };
+  }
+
+  private grow(): void {
+    const size = 2 * this.offs.length;
+    const offs = new Int32Array(size);
+    const lens = new Int32Array(size);
+    const runOf = new Int32Array(size);
+    offs.set(this.offs);
+    lens.set(this.lens);
+    runOf.set(this.runOf);
+    this.offs = offs;
+    this.lens = lens;
+    this.runOf = runOf;
   }
 }
 
@@ -343,7 +399,8 @@ function writeRun(b: Buffer, r: Run, out: Buffer, w: number): number {
   const ip = v + VNET_HDR_BYTES;
   b.copy(out, ip, f.off, f.off + hdr);
   let p = ip + hdr;
-  for (const s of r.segs) {
+  for (let k = 0; k < r.n; k += 1) {
+    const s = r.segs[k] as Segment;
     const from = s.off + s.ipHdr + s.tcpHdr;
     b.copy(out, p, from, from + s.payload);
     p += s.payload;
@@ -357,7 +414,7 @@ function writeRun(b: Buffer, r: Run, out: Buffer, w: number): number {
   }
   const t = ip + f.ipHdr;
   // PSH (and only PSH) as the last segment had it.
-  const last = r.segs[r.segs.length - 1] as Segment;
+  const last = r.segs[r.n - 1] as Segment;
   out[t + 13] = ((out[t + 13] as number) & ~TCP_PSH) | (last.psh ? TCP_PSH : 0);
   // NEEDS_CSUM: the checksum field holds the pseudo-header sum; the kernel
   // completes it (per segment, if it segments).
