@@ -48,7 +48,8 @@ export class LinuxTun implements PacketDevice {
       return new LinuxTun(native, fd, actual, maxPacket, USE_OFFLOAD);
     } catch (e) {
       const msg = (e as Error).message;
-      if (/not permitted|EPERM|EACCES/i.test(msg)) throw errors.needRoot('creating a TUN device');
+      if (/not permitted|permission denied|EPERM|EACCES/i.test(msg))
+        throw errors.needRoot('creating a TUN device');
       if (/busy|EBUSY/i.test(msg)) throw errors.badArgument(`device '${name}' is already in use`);
       throw errors.system(`cannot create TUN device '${name}'`, msg);
     }
