@@ -473,6 +473,7 @@ export function layerBackward(
   if (!Number.isSafeInteger(counter) || counter < 1) return false;
   // The header: AES(Kx, u64(c) || 0^8), a function of the counter only.
   writeU64(headerIn, 0, counter);
+  headerIn.fill(0, 8, 16);
   keys.permute(headerIn, nonce24);
   // The body: the incoming header and all of B but its last 16 bytes, that
   // is cell[0, S-16), under a keystream no other cell of this hop uses.
@@ -485,7 +486,9 @@ export function layerBackward(
   return true;
 }
 
-// Bytes 8-16 are never written: the zero half of u64(c) || 0^8.
+// layerBackward's u64(c) || 0^8 (bytes 8-16 stay zero there); unwrapBackward
+// uses it for the header it inverts and writes all 16 bytes, so
+// layerBackward clears the zero half again before use.
 const headerIn = Buffer.alloc(16);
 const headerOut = Buffer.alloc(16);
 const backTag = Buffer.alloc(TAG_BYTES);
@@ -522,10 +525,11 @@ export function unwrapBackward(
   let len = size - BACKWARD_X_BYTES;
   for (let i = 0; i < origin; i += 1) {
     const hop = hops[i]!;
-    hop.unpermute(workIn.subarray(at, at + BACKWARD_X_BYTES), headerOut);
+    workIn.copy(headerIn, 0, at, at + BACKWARD_X_BYTES);
+    hop.unpermute(headerIn, headerOut);
     // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
     if (headerOut.readUInt32BE(8) !== 0 || headerOut.readUInt32BE(12) !== 0) return 0;
-    workIn.copy(nonce24, 0, at, at + BACKWARD_X_BYTES);
+    headerIn.copy(nonce24, 0);
     xorStream(workIn, workIn, at + BACKWARD_X_BYTES, len, nonce24, 0, hop.backwardForward);
     at += BACKWARD_X_BYTES;
     len -= BACKWARD_X_BYTES;
