@@ -30,6 +30,8 @@ import {
   RELAY_HEADER_BYTES,
 } from '../src/circuit/cells.js';
 import {
+  BACKWARD_BODY_AT,
+  backwardCapacity,
   HOP_KEY_BYTES,
   HopKeys,
   PaddingSource,
@@ -512,7 +514,7 @@ export class ClientNode {
     }
     circ.lastHeard = this.now();
     circ.cellsIn += 1;
-    const m = decodeRelay(buf, o + 40, size - 40);
+    const m = decodeRelay(buf, o + BACKWARD_BODY_AT, backwardCapacity(size));
     if (!m) return;
     if (m.command === Relay.data) {
       if (circ !== this.current) return;
