@@ -43,7 +43,6 @@ import { ephemeralIdentity } from '../src/identity.js';
 import { LinkEndpoint, type LinkPeer } from '../src/link/endpoint.js';
 import {
   MSG_BACKWARD,
-  MSG_CREATE,
   MSG_CREATED,
   MSG_DESTROY,
   MSG_DESTROY_BACK,
@@ -285,7 +284,10 @@ export class ClientNode {
     try {
       // Hop 1: CREATE.
       const first = ntorClientCreate(guard.publicKey, guard.onionKey);
-      const createMsg = encodeCreate(MSG_CREATE, circId, guard.onionKey, first.message);
+      // The guard's depth is chosen so that the last hop is at MAX_HOPS
+      // (docs/protocol.md section 7.4): no hop but the guard learns n.
+      const depth = MAX_HOPS - path.length + 1;
+      const createMsg = encodeCreate(circId, guard.onionKey, first.message, depth);
       const created = await this.step(circ, { kind: 'created' }, () =>
         this.outbox.addMessage(peer, createMsg),
       );

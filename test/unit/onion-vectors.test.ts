@@ -33,6 +33,7 @@ import {
   decodeExtend,
   decodeRelay,
   encodeCreate,
+  encodeCreated,
   encodeDestroy,
   encodeExtend,
   MAX_HOPS,
@@ -113,22 +114,25 @@ test('vector circuit-create-v1: ntor with a 32-byte id, as CREATE and CREATED ca
   const circId = parseInt(field(v, 'circ_id'), 16);
 
   const client = ntorClientCreate(id, B, hex(v, 'client_secret'));
-  const create = encodeCreate(MSG_CREATE, circId, B, client.message);
+  const depth = num(v, 'depth');
+  const create = encodeCreate(circId, B, client.message, depth);
+  assert.equal(create[0], MSG_CREATE);
   assert.equal(create.toString('hex'), field(v, 'create'));
   const c = decodeCreate(create, 1, create.length - 1);
   assert.ok(c);
   assert.equal(c.circId, circId);
+  assert.equal(c.depth, depth);
   assert.ok(c.onionKey.equals(B));
 
   const server = ntorServerRespond(id, b, B, c.x, HOP_KEY_BYTES, hex(v, 'relay_secret'));
   assert.ok(server);
   assert.equal(server.keys.toString('hex'), field(v, 'key_material'));
-  const created = encodeCreate(
-    MSG_CREATED,
+  const created = encodeCreated(
     circId,
     server.message.subarray(0, 32),
     server.message.subarray(32),
   );
+  assert.equal(created[0], MSG_CREATED);
   assert.equal(created.toString('hex'), field(v, 'created'));
 
   const d = decodeCreated(created, 1, created.length - 1);
