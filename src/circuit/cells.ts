@@ -133,8 +133,6 @@ export const DestroyReason = {
   tooManyHops: 7,
   /** EXTEND to an address the relay does not extend to (loopback, private, ...). */
   forbiddenAddress: 8,
-  /** EXTEND or CREATE beyond the sender's budget (section 7.6). */
-  rateLimited: 9,
 } as const;
 
 // --- relay messages (inside cells) --------------------------------------------

@@ -21,7 +21,12 @@ import {
   EXTEND_TIMEOUT_MS,
   MAX_CIRCUITS,
   MAX_CIRCUITS_PER_LINK,
+  CREATE_BURST,
+  CREATE_RATE_PER_S,
+  EXTEND_BURST,
+  EXTEND_RATE_PER_S,
   MAX_EXTEND_TARGETS,
+  MAX_EXTEND_WAIT_PER_LINK,
 } from '../../relay/relay-node.js';
 import {
   CELL_LARGE,
@@ -329,6 +334,11 @@ test('vector circuit-limits-v1: the timers and limits of section 7.6', () => {
   assert.equal(num(v, 'max_circuits'), MAX_CIRCUITS);
   assert.equal(num(v, 'max_circuits_per_link'), MAX_CIRCUITS_PER_LINK);
   assert.equal(num(v, 'max_extend_targets'), MAX_EXTEND_TARGETS);
+  assert.equal(num(v, 'max_extend_wait_per_link'), MAX_EXTEND_WAIT_PER_LINK);
+  assert.equal(num(v, 'create_rate_per_s'), CREATE_RATE_PER_S);
+  assert.equal(num(v, 'create_burst'), CREATE_BURST);
+  assert.equal(num(v, 'extend_rate_per_s'), EXTEND_RATE_PER_S);
+  assert.equal(num(v, 'extend_burst'), EXTEND_BURST);
   assert.equal(num(v, 'circuit_idle_ms'), CIRCUIT_IDLE_MS);
   assert.equal(num(v, 'extend_timeout_ms'), EXTEND_TIMEOUT_MS);
   assert.equal(num(v, 'create_resend_ms'), CREATE_RESEND_MS);
