@@ -18,6 +18,7 @@ import {
   decodeCreated,
   decodeDestroy,
   decodeRelay,
+  destroyReasonText,
   DestroyReason,
   encodeCreate,
   encodeDestroy,
@@ -523,7 +524,10 @@ export class ClientNode {
     }
     const body = Buffer.from(buf.subarray(m.bodyOffset, m.bodyOffset + m.bodyLength));
     if (m.command === Relay.extendFailed && circ.state === 'building') {
-      this.fail(circ, `hop ${circ.keys.length} could not extend (reason ${body[0] ?? '?'})`);
+      this.fail(
+        circ,
+        `hop ${circ.keys.length} could not extend: ${destroyReasonText(body[0] ?? -1)}`,
+      );
       return;
     }
     if (m.command === Relay.leaseRefused) {

@@ -631,13 +631,25 @@ export class RelayNode {
     ext.peer = peer;
     ext.circId = id;
     ext.lastSentAt = this.now();
-    this.stopWaiting(circ);
+    this.stopWaiting(circ, true);
     this.outbox.addMessage(peer, this.createMessage(circ, ext, id));
   }
 
-  private stopWaiting(circ: RelayCircuit): void {
+  /**
+   * The circuit no longer waits for a link. If it ended without one (it
+   * was refused, evicted, timed out or freed) and no other waiting extend
+   * wants the same address, the dial is abandoned too: an evicted extend
+   * must not keep a link slot for the rest of a handshake timeout.
+   */
+  private stopWaiting(circ: RelayCircuit, linked = false): void {
     if (!this.waitingForLink.delete(circ)) return;
     this.neighbours.get(circ.prev)?.waiting.delete(circ);
+    const ext = circ.extend;
+    if (linked || !ext) return;
+    for (const c of this.waitingForLink) {
+      if (c.extend?.host === ext.host && c.extend.port === ext.port) return;
+    }
+    this.endpoint.cancelDial(ext.host, ext.port);
   }
 
   private onCreated(peer: LinkPeer, buf: Buffer, o: number, len: number): void {

@@ -135,6 +135,23 @@ export const DestroyReason = {
   forbiddenAddress: 8,
 } as const;
 
+const DESTROY_REASON_TEXT: Record<number, string> = {
+  0: 'no reason given',
+  1: 'protocol violation',
+  2: 'resource limit at the relay',
+  3: 'link lost',
+  4: 'finished',
+  5: 'timed out',
+  6: 'wrong onion key (stale descriptor?)',
+  7: 'too many hops (the relay is at depth MAX_HOPS)',
+  8: 'the relay does not extend to that address (loopback, private or its own)',
+};
+
+/** One phrase for a DESTROY or EXTEND_FAILED reason, for logs and errors. */
+export function destroyReasonText(reason: number): string {
+  return `${DESTROY_REASON_TEXT[reason] ?? 'unknown reason'} (reason ${reason})`;
+}
+
 // --- relay messages (inside cells) --------------------------------------------
 
 export const Relay = {

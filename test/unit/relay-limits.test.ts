@@ -194,6 +194,29 @@ test('a relay refuses to extend to 127.0.0.1, 10.x and [::1] by default, and ext
   }
 });
 
+test('a client whose guard refuses a private next hop is told why', async () => {
+  const net = new MemoryNetwork();
+  const strict = await relay(net, '10.54.0.2', 7000, false);
+  const exit = await exitAt(net, '10.55.0.2');
+  const messages: string[] = [];
+  const client = new ClientNode({
+    relays: () => [describeRelay(strict.id, '10.54.0.2', false), exit],
+    exitId: exit.id,
+    transport: net.transport('10.59.0.3', 40000),
+    device: new MemoryDevice('c-strict'),
+    hops: 2,
+    stateDir: null,
+    onProgress: (m) => messages.push(m),
+  });
+  stops.push(() => client.stop());
+  await client.start();
+  await waitFor('a failed build', () => client.counters.circuitFailures > 0, 10_000, 10);
+  client.stop();
+  const failure = messages.find((m) => m.startsWith('circuit build failed'));
+  assert.match(failure ?? '', /hop 1 could not extend: the relay does not extend to that address/);
+  assert.equal(client.ready, false);
+});
+
 // --- hole 5: EXTEND queue exhaustion and CREATE floods --------------------------------------
 
 function describeRelay(id: Identity, host: string, exit: boolean): Descriptor {
@@ -239,11 +262,11 @@ async function exitAt(net: MemoryNetwork, host: string): Promise<Descriptor> {
 }
 
 /**
- * Flood `r` from each hostile client: `initial` CREATEs at once, then 5
- * every 50 ms (100 a second), and on every circuit that gets CREATED an
- * EXTEND to a black-holed address (about what keeps the old code's wait
- * list full: 512 slots held 10 s each). Runs until the returned function
- * is called.
+ * Flood `r` from each hostile client: `initial` CREATEs at once, then 2
+ * every 50 ms (40 a second, twice the CREATE budget, and about what keeps
+ * the old code's wait list full: 512 slots held 10 s each), and on every
+ * circuit that gets CREATED an EXTEND to a black-holed address. Runs
+ * until the returned function is called.
  */
 function flood(
   clients: RawClient[],
@@ -260,7 +283,7 @@ function flood(
     for (const h of clients) {
       const peer = peers.get(h);
       if (!peer) continue;
-      for (let k = 0; k < (first ? initial : 5); k += 1) h.sendCreate(peer, r.ref, 1);
+      for (let k = 0; k < (first ? initial : 2); k += 1) h.sendCreate(peer, r.ref, 1);
       for (const c of h.circuits.values()) {
         if (c.created && !extended.has(c)) {
           extended.add(c);
@@ -326,7 +349,7 @@ test('a flood of CREATEs and EXTENDs to black holes from one peer: honest circui
     await new Promise((r) => setTimeout(r, 1500));
     const result = await honestBuilds(net, guard, exits, 1);
     const d = target.node.counters.drops;
-    const report = `${JSON.stringify(result)}; waiting ${target.node.extendsWaiting}; circuits created ${target.node.counters.circuitsCreated}; drops ${JSON.stringify(d)}`;
+    const report = `${JSON.stringify(result)}; waiting ${target.node.extendsWaiting}; circuits created ${target.node.counters.circuitsCreated}; links ${target.node.endpoint.peers.size}, peerLimit ${target.node.endpoint.counters.drops.peerLimit}; drops ${JSON.stringify(d)}`;
     t.diagnostic(report);
     assert.equal(result.failures, 0, report);
     assert.equal(result.built, exits.length * 2, report);
@@ -363,11 +386,13 @@ test('hostile peers that together fill the wait table: an honest EXTEND that mus
     );
     const result = await honestBuilds(net, guard, exits, 2);
     const d = target.node.counters.drops;
-    const report = `${JSON.stringify(result)}; waiting ${target.node.extendsWaiting}; circuits created ${target.node.counters.circuitsCreated}; drops ${JSON.stringify(d)}`;
+    const report = `${JSON.stringify(result)}; waiting ${target.node.extendsWaiting}; circuits created ${target.node.counters.circuitsCreated}; links ${target.node.endpoint.peers.size}, peerLimit ${target.node.endpoint.counters.drops.peerLimit}; drops ${JSON.stringify(d)}`;
     t.diagnostic(report);
     assert.equal(result.failures, 0, report);
     assert.equal(result.built, exits.length * 2, report);
     assert.ok(d.extendEvicted > 0, report);
+    // Evicted extends give up their dials: link slots stay near the table's size.
+    assert.ok(target.node.endpoint.peers.size <= MAX_EXTEND_TARGETS + 2 * n + 16, report);
     assert.ok(target.node.extendsWaiting <= MAX_EXTEND_TARGETS, report);
   } finally {
     stop();
