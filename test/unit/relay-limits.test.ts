@@ -33,6 +33,7 @@ import { parseCidr } from '../../src/net/cidr.js';
 import { MemoryDevice } from '../../src/tun/device.js';
 import { waitFor } from '../helpers/netns.js';
 import { RawClient, type RawCircuit, type RelayRef } from '../helpers/raw-circuit.js';
+import { TokenBucket } from '../../relay/rate-limiter.js';
 
 const stops: (() => void)[] = [];
 after(() => stops.forEach((s) => s()));
@@ -397,4 +398,20 @@ test('hostile peers that together fill the wait table: an honest EXTEND that mus
   } finally {
     stop();
   }
+});
+
+test('token bucket: a burst, then the rate, never more than the burst saved up', () => {
+  const b = new TokenBucket(20, 40, 0);
+  let n = 0;
+  while (b.take(0)) n += 1;
+  assert.equal(n, 40, 'the burst');
+  assert.equal(b.take(49), false, 'not a whole token after 49 ms at 20 a second');
+  assert.equal(b.take(50), true, 'one token after 50 ms');
+  n = 0;
+  for (let t = 1050; t <= 2050; t += 10) if (b.take(t)) n += 1;
+  assert.ok(n >= 39 && n <= 41, `about 20 a second plus what was saved: ${n}`);
+  n = 0;
+  while (b.take(1_000_000)) n += 1;
+  assert.equal(n, 40, 'an idle hour saves up only the burst');
+  assert.equal(b.take(999_000), false, 'time going backwards adds nothing');
 });
