@@ -18,6 +18,7 @@ import {
   decodeCreated,
   decodeDestroy,
   decodeRelay,
+  destroyReasonText,
   DestroyReason,
   encodeCreate,
   encodeDestroy,
@@ -45,7 +46,6 @@ import { ephemeralIdentity } from '../src/identity.js';
 import { LinkEndpoint, type LinkPeer } from '../src/link/endpoint.js';
 import {
   MSG_BACKWARD,
-  MSG_CREATE,
   MSG_CREATED,
   MSG_DESTROY,
   MSG_DESTROY_BACK,
@@ -287,7 +287,10 @@ export class ClientNode {
     try {
       // Hop 1: CREATE.
       const first = ntorClientCreate(guard.publicKey, guard.onionKey);
-      const createMsg = encodeCreate(MSG_CREATE, circId, guard.onionKey, first.message);
+      // The guard's depth is chosen so that the last hop is at MAX_HOPS
+      // (docs/protocol.md section 7.4): no hop but the guard learns n.
+      const depth = MAX_HOPS - path.length + 1;
+      const createMsg = encodeCreate(circId, guard.onionKey, first.message, depth);
       const created = await this.step(circ, { kind: 'created' }, () =>
         this.outbox.addMessage(peer, createMsg),
       );
@@ -523,7 +526,10 @@ export class ClientNode {
     }
     const body = Buffer.from(buf.subarray(m.bodyOffset, m.bodyOffset + m.bodyLength));
     if (m.command === Relay.extendFailed && circ.state === 'building') {
-      this.fail(circ, `hop ${circ.keys.length} could not extend (reason ${body[0] ?? '?'})`);
+      this.fail(
+        circ,
+        `hop ${circ.keys.length} could not extend: ${destroyReasonText(body[0] ?? -1)}`,
+      );
       return;
     }
     if (m.command === Relay.leaseRefused) {

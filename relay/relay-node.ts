@@ -8,17 +8,37 @@
  * Bounded: at most MAX_CIRCUITS circuits, MAX_CIRCUITS_PER_LINK per link;
  * a circuit is freed on DESTROY, when either of its links goes down, and
  * after CIRCUIT_IDLE_MS without a cell.
+ *
+ * Extending (docs/protocol.md section 7.4) is where one neighbour could
+ * make the relay work for it or starve others, so:
+ * - a circuit has a depth (its CREATE says it; an extend sends depth + 1)
+ *   and no relay extends from depth MAX_HOPS: no circuit, looping or not,
+ *   has more than MAX_HOPS honest hops in a row;
+ * - each circuit gets one extend attempt; repeats are answered from it;
+ * - an EXTEND to a relay already linked is answered at once; only EXTENDs
+ *   that must dial wait, at most MAX_EXTEND_WAIT_PER_LINK per neighbour
+ *   and MAX_EXTEND_TARGETS in all, and when the table is full a neighbour
+ *   below its fair share takes the oldest slot of the neighbour holding
+ *   the most;
+ * - CREATE (three X25519 operations) and EXTEND each have a token bucket
+ *   per neighbour; over the rate they are dropped, counted, and the
+ *   sender's own resend a second later finds a token again;
+ * - loopback, private and other non-public targets, and this host's own
+ *   addresses, are refused unless `allowPrivateExtend` (a testnet).
  */
 import { randomInt } from 'node:crypto';
 import {
   CELL_SIZES,
+  CREATED_BODY_BYTES,
   decodeCreate,
   decodeDestroy,
   decodeExtend,
   decodeRelay,
   DestroyReason,
   encodeCreate,
+  encodeCreated,
   encodeDestroy,
+  MAX_HOPS,
   backwardCellSize,
   isCellSize,
   Relay,
@@ -48,7 +68,9 @@ import { Outbox } from '../src/link/outbox.js';
 import type { DatagramTransport } from '../src/link/transport.js';
 import type { Logger } from '../src/log.js';
 import { silentLogger } from '../src/log.js';
-import { formatIp } from '../src/net/cidr.js';
+import { extendRefusal } from '../src/net/address-scope.js';
+import { formatIp, parseIp } from '../src/net/cidr.js';
+import { TokenBucket } from './rate-limiter.js';
 
 export const MAX_CIRCUITS = 8192;
 export const MAX_CIRCUITS_PER_LINK = 2048;
@@ -58,6 +80,14 @@ export const CREATE_RESEND_MS = 1_000;
 export const RELAY_TICK_MS = 500;
 /** EXTENDs waiting for a link to come up, at most (each may cost a DTLS handshake). */
 export const MAX_EXTEND_TARGETS = 512;
+/** EXTENDs waiting for a link, at most, whose circuits come from one neighbour. */
+export const MAX_EXTEND_WAIT_PER_LINK = 64;
+/** CREATEs a neighbour may send (three X25519 operations each): rate and burst. */
+export const CREATE_RATE_PER_S = 20;
+export const CREATE_BURST = 40;
+/** New EXTENDs on a neighbour's circuits (repeats are free): rate and burst. */
+export const EXTEND_RATE_PER_S = 20;
+export const EXTEND_BURST = 40;
 
 export interface RelayCircuit {
   prev: LinkPeer;
@@ -67,6 +97,10 @@ export interface RelayCircuit {
   keys: HopKeys;
   window: ReplayWindow;
   created: Buffer;
+  /** Position on the circuit as its CREATE said, 1..MAX_HOPS. */
+  depth: number;
+  /** Why this circuit's one extend attempt failed (a DestroyReason), 0 if it did not. */
+  extendRefused: number;
   backwardSeq: number;
   lastActivity: number;
   extend: ExtendState | null;
@@ -93,6 +127,14 @@ interface ExtendState {
   done: Buffer | null;
 }
 
+/** What the relay keeps per neighbour (an up link), freed when the link goes. */
+interface Neighbour {
+  create: TokenBucket;
+  extend: TokenBucket;
+  /** Its circuits whose EXTEND waits for a link, oldest first. */
+  waiting: Set<RelayCircuit>;
+}
+
 /** What the exit plugs in to handle relay messages at the last hop. */
 export interface LastHopHandler {
   onRelayMessage(circ: RelayCircuit, command: number, buf: Buffer, off: number, len: number): void;
@@ -117,6 +159,19 @@ export interface RelayCounters {
     resourceLimit: number;
     badCreate: number;
     badRelayMessage: number;
+    /** CREATE with a depth outside 1..MAX_HOPS. */
+    badDepth: number;
+    /** CREATE or new EXTEND beyond the neighbour's token bucket (not answered). */
+    createRateLimited: number;
+    extendRateLimited: number;
+    /** EXTEND_FAILED 7: the circuit is at depth MAX_HOPS here. */
+    extendTooManyHops: number;
+    /** EXTEND_FAILED 8: a non-public target or this host's own address. */
+    extendForbiddenAddress: number;
+    /** EXTEND_FAILED 2: the neighbour's share of the wait table is full. */
+    extendWaitFull: number;
+    /** EXTEND_FAILED 2: a waiting extend that gave its slot to a neighbour below its share. */
+    extendEvicted: number;
   };
 }
 
@@ -127,6 +182,14 @@ export interface RelayNodeOptions {
   now?: () => number;
   lastHop?: LastHopHandler;
   maxCircuits?: number;
+  /**
+   * Extend to loopback, private, link-local and other non-public
+   * addresses and to this host's own (a network of relays on private
+   * addresses: a testnet, the tests). Off by default.
+   */
+  allowPrivateExtend?: boolean;
+  /** This host's addresses (the transport's own is added): never extended to by default. */
+  ownAddresses?: string[];
 }
 
 export class RelayNode {
@@ -148,11 +211,23 @@ export class RelayNode {
       resourceLimit: 0,
       badCreate: 0,
       badRelayMessage: 0,
+      badDepth: 0,
+      createRateLimited: 0,
+      extendRateLimited: 0,
+      extendTooManyHops: 0,
+      extendForbiddenAddress: 0,
+      extendWaitFull: 0,
+      extendEvicted: 0,
     },
   };
   private readonly byPrev = new Map<LinkPeer, Map<number, RelayCircuit>>();
   private readonly byNext = new Map<LinkPeer, Map<number, RelayCircuit>>();
   private readonly waitingForLink = new Set<RelayCircuit>();
+  private readonly neighbours = new Map<LinkPeer, Neighbour>();
+  /** Up links by authenticated node id: an EXTEND to one of these never waits. */
+  private readonly linked = new Map<string, LinkPeer>();
+  private readonly ownAddresses: Buffer[];
+  private readonly allowPrivateExtend: boolean;
   private circuitCount = 0;
   private readonly scratch = Buffer.alloc(CELL_SIZES[1] + 8);
   private readonly cellOut = Buffer.alloc(CELL_SIZES[1]);
@@ -170,6 +245,10 @@ export class RelayNode {
     this.now = options.now ?? Date.now;
     this.lastHop = options.lastHop;
     this.maxCircuits = options.maxCircuits ?? MAX_CIRCUITS;
+    this.allowPrivateExtend = options.allowPrivateExtend ?? false;
+    this.ownAddresses = [...(options.ownAddresses ?? []), options.transport.address().host]
+      .map((a) => parseIp(a))
+      .filter((b): b is Buffer => b !== null && b.some((x) => x !== 0));
     this.endpoint = new LinkEndpoint({
       identity: options.identity,
       transport: options.transport,
@@ -204,6 +283,25 @@ export class RelayNode {
 
   get circuits(): number {
     return this.circuitCount;
+  }
+
+  /** EXTENDs waiting for a link (at most MAX_EXTEND_TARGETS). */
+  get extendsWaiting(): number {
+    return this.waitingForLink.size;
+  }
+
+  private neighbour(peer: LinkPeer): Neighbour {
+    let n = this.neighbours.get(peer);
+    if (!n) {
+      const now = this.now();
+      n = {
+        create: new TokenBucket(CREATE_RATE_PER_S, CREATE_BURST, now),
+        extend: new TokenBucket(EXTEND_RATE_PER_S, EXTEND_BURST, now),
+        waiting: new Set(),
+      };
+      this.neighbours.set(peer, n);
+    }
+    return n;
   }
 
   // --- dispatch --------------------------------------------------------------
@@ -337,6 +435,14 @@ export class RelayNode {
       this.outbox.addMessage(peer, existing.created);
       return;
     }
+    if (m.depth < 1 || m.depth > MAX_HOPS) {
+      this.counters.drops.badDepth += 1;
+      this.outbox.addMessage(
+        peer,
+        encodeDestroy(MSG_DESTROY_BACK, m.circId, DestroyReason.protocol),
+      );
+      return;
+    }
     if (this.circuitCount >= this.maxCircuits || (table?.size ?? 0) >= MAX_CIRCUITS_PER_LINK) {
       this.counters.drops.resourceLimit += 1;
       this.outbox.addMessage(
@@ -359,6 +465,12 @@ export class RelayNode {
       this.outbox.addMessage(peer, encodeDestroy(MSG_DESTROY_BACK, m.circId, DestroyReason.badKey));
       return;
     }
+    // The handshake is the expensive part: a budget per neighbour. Over it
+    // the CREATE is dropped unanswered; the sender resends it in a second.
+    if (!this.neighbour(peer).create.take(this.now())) {
+      this.counters.drops.createRateLimited += 1;
+      return;
+    }
     const r = ntorServerRespond(id.publicKey, onion.secret, onion.public, m.x, HOP_KEY_BYTES);
     if (!r) {
       this.counters.drops.badCreate += 1;
@@ -368,12 +480,7 @@ export class RelayNode {
       );
       return;
     }
-    const created = encodeCreate(
-      MSG_CREATED,
-      m.circId,
-      r.message.subarray(0, 32),
-      r.message.subarray(32, 64),
-    );
+    const created = encodeCreated(m.circId, r.message.subarray(0, 32), r.message.subarray(32, 64));
     const circ: RelayCircuit = {
       prev: peer,
       prevId: m.circId,
@@ -382,6 +489,8 @@ export class RelayNode {
       keys: new HopKeys(r.keys),
       window: new ReplayWindow(),
       created,
+      depth: m.depth,
+      extendRefused: 0,
       backwardSeq: 0,
       lastActivity: this.now(),
       extend: null,
@@ -400,45 +509,99 @@ export class RelayNode {
   }
 
   private onExtend(circ: RelayCircuit, buf: Buffer, o: number, len: number): void {
+    // Repeats of the one extend attempt a circuit gets cost nothing.
     if (circ.next && circ.extend?.done) {
       // The client did not get our EXTENDED: say it again.
       this.sendBackward(circ, Relay.extended, circ.extend.done);
       return;
     }
     if (circ.extend) return; // in progress: a retransmission
+    if (circ.extendRefused !== 0) {
+      this.sendBackward(circ, Relay.extendFailed, Buffer.from([circ.extendRefused]));
+      return;
+    }
+    const now = this.now();
+    const nb = this.neighbour(circ.prev);
+    if (!nb.extend.take(now)) {
+      // Unanswered: an honest client resends its EXTEND in a second.
+      this.counters.drops.extendRateLimited += 1;
+      return;
+    }
     const e = decodeExtend(buf, o, len);
     const targetId = e?.targetId.toString('hex');
     if (!e || !targetId || targetId === this.options.identity.id || targetId === circ.prev.id) {
       this.counters.drops.badRelayMessage += 1;
-      this.sendBackward(circ, Relay.extendFailed, Buffer.from([DestroyReason.protocol]));
+      this.refuseExtend(circ, DestroyReason.protocol);
+      return;
+    }
+    if (circ.depth >= MAX_HOPS) {
+      this.counters.drops.extendTooManyHops += 1;
+      this.refuseExtend(circ, DestroyReason.tooManyHops);
+      return;
+    }
+    if (extendRefusal(e.host, this.ownAddresses, this.allowPrivateExtend) !== null) {
+      this.counters.drops.extendForbiddenAddress += 1;
+      this.refuseExtend(circ, DestroyReason.forbiddenAddress);
       return;
     }
     const host = formatIp(e.host);
-    if (this.waitingForLink.size >= MAX_EXTEND_TARGETS) {
-      this.sendBackward(circ, Relay.extendFailed, Buffer.from([DestroyReason.resourceLimit]));
+    const peer = this.linked.get(targetId);
+    if (!peer && !this.admitWait(nb)) {
+      this.counters.drops.extendWaitFull += 1;
+      this.refuseExtend(circ, DestroyReason.resourceLimit);
       return;
     }
     this.counters.extends += 1;
-    const now = this.now();
     circ.extend = {
       targetId,
       host,
       port: e.port,
-      create: null,
+      // CREATE carries B and X; the circuit id is chosen when the link is up.
+      create: Buffer.concat([e.onionKey, e.x]),
       createdAt: now,
       lastSentAt: 0,
       peer: null,
       circId: 0,
       done: null,
     };
-    // CREATE carries B and X; the circuit id is chosen when the link is up.
-    circ.extend.create = Buffer.concat([e.onionKey, e.x]);
-    const peer = this.endpoint.upPeers().find((p) => p.id === targetId);
     if (peer) this.sendCreate(circ, peer);
     else {
       this.waitingForLink.add(circ);
+      nb.waiting.add(circ);
       this.endpoint.dial(host, e.port, targetId, { persistent: false });
     }
+  }
+
+  /** Answer this circuit's extend attempt, now and on every repeat, with EXTEND_FAILED. */
+  private refuseExtend(circ: RelayCircuit, reason: number): void {
+    circ.extendRefused = reason;
+    this.sendBackward(circ, Relay.extendFailed, Buffer.from([reason]));
+  }
+
+  /**
+   * May one more of `nb`'s circuits wait for a link? Within its own cap,
+   * yes while the table has room; when it is full, only by taking the
+   * oldest slot of the neighbour that holds the most, and only if that
+   * one holds more than `nb` (so every neighbour keeps at least its fair
+   * share, MAX_EXTEND_TARGETS over the number of neighbours waiting).
+   */
+  private admitWait(nb: Neighbour): boolean {
+    if (nb.waiting.size >= MAX_EXTEND_WAIT_PER_LINK) return false;
+    if (this.waitingForLink.size < MAX_EXTEND_TARGETS) return true;
+    let top: Neighbour | null = null;
+    for (const n of this.neighbours.values()) {
+      if (!top || n.waiting.size > top.waiting.size) top = n;
+    }
+    if (!top || top.waiting.size <= nb.waiting.size) return false;
+    const victim = top.waiting.values().next().value as RelayCircuit;
+    this.counters.drops.extendEvicted += 1;
+    this.failExtend(victim, DestroyReason.resourceLimit);
+    return true;
+  }
+
+  private createMessage(circ: RelayCircuit, ext: ExtendState, circId: number): Buffer {
+    const b = ext.create as Buffer;
+    return encodeCreate(circId, b.subarray(0, 32), b.subarray(32, 64), circ.depth + 1);
   }
 
   private sendCreate(circ: RelayCircuit, peer: LinkPeer): void {
@@ -455,15 +618,29 @@ export class RelayNode {
     ext.peer = peer;
     ext.circId = id;
     ext.lastSentAt = this.now();
-    this.waitingForLink.delete(circ);
-    this.outbox.addMessage(
-      peer,
-      encodeCreate(MSG_CREATE, id, ext.create.subarray(0, 32), ext.create.subarray(32, 64)),
-    );
+    this.stopWaiting(circ, true);
+    this.outbox.addMessage(peer, this.createMessage(circ, ext, id));
+  }
+
+  /**
+   * The circuit no longer waits for a link. If it ended without one (it
+   * was refused, evicted, timed out or freed) and no other waiting extend
+   * wants the same address, the dial is abandoned too: an evicted extend
+   * must not keep a link slot for the rest of a handshake timeout.
+   */
+  private stopWaiting(circ: RelayCircuit, linked = false): void {
+    if (!this.waitingForLink.delete(circ)) return;
+    this.neighbours.get(circ.prev)?.waiting.delete(circ);
+    const ext = circ.extend;
+    if (linked || !ext) return;
+    for (const c of this.waitingForLink) {
+      if (c.extend?.host === ext.host && c.extend.port === ext.port) return;
+    }
+    this.endpoint.cancelDial(ext.host, ext.port);
   }
 
   private onCreated(peer: LinkPeer, buf: Buffer, o: number, len: number): void {
-    if (len !== 68) {
+    if (len !== CREATED_BODY_BYTES) {
       this.counters.drops.badCreate += 1;
       return;
     }
@@ -477,7 +654,7 @@ export class RelayNode {
     if (ext.done) return; // duplicate CREATED
     circ.next = peer;
     circ.nextId = circId;
-    ext.done = Buffer.from(buf.subarray(o + 4, o + 68));
+    ext.done = Buffer.from(buf.subarray(o + 4, o + CREATED_BODY_BYTES));
     ext.create = null;
     circ.lastActivity = this.now();
     this.sendBackward(circ, Relay.extended, ext.done);
@@ -487,10 +664,10 @@ export class RelayNode {
     const ext = circ.extend;
     if (!ext) return;
     if (ext.peer) this.byNext.get(ext.peer)?.delete(ext.circId);
-    this.waitingForLink.delete(circ);
+    this.stopWaiting(circ);
     circ.extend = null;
     this.counters.extendFailures += 1;
-    this.sendBackward(circ, Relay.extendFailed, Buffer.from([reason]));
+    this.refuseExtend(circ, reason);
   }
 
   // --- teardown ------------------------------------------------------------------
@@ -530,7 +707,7 @@ export class RelayNode {
       nt?.delete(nextId);
       if (nt && nt.size === 0) this.byNext.delete(nextPeer);
     }
-    this.waitingForLink.delete(circ);
+    this.stopWaiting(circ);
     if (tellPrev && circ.prev.state === 'up') {
       this.outbox.addMessage(circ.prev, encodeDestroy(MSG_DESTROY_BACK, circ.prevId, reason));
     }
@@ -544,6 +721,7 @@ export class RelayNode {
   }
 
   private onPeerUp(peer: LinkPeer): void {
+    if (peer.id) this.linked.set(peer.id, peer);
     for (const circ of [...this.waitingForLink]) {
       if (circ.extend?.targetId === peer.id) this.sendCreate(circ, peer);
     }
@@ -551,6 +729,7 @@ export class RelayNode {
   }
 
   private onPeerDown(peer: LinkPeer): void {
+    if (peer.id && this.linked.get(peer.id) === peer) this.linked.delete(peer.id);
     for (const circ of [...(this.byPrev.get(peer)?.values() ?? [])]) {
       this.destroy(circ, DestroyReason.linkLost, false, true);
     }
@@ -560,6 +739,7 @@ export class RelayNode {
     }
     this.byPrev.delete(peer);
     this.byNext.delete(peer);
+    this.neighbours.delete(peer);
     this.outbox.flush();
   }
 
@@ -574,15 +754,7 @@ export class RelayNode {
             this.failExtend(circ, DestroyReason.timeout);
           } else if (ext.peer && ext.create && now - ext.lastSentAt >= CREATE_RESEND_MS) {
             ext.lastSentAt = now;
-            this.outbox.addMessage(
-              ext.peer,
-              encodeCreate(
-                MSG_CREATE,
-                ext.circId,
-                ext.create.subarray(0, 32),
-                ext.create.subarray(32, 64),
-              ),
-            );
+            this.outbox.addMessage(ext.peer, this.createMessage(circ, ext, ext.circId));
           }
         }
         if (now - circ.lastActivity > CIRCUIT_IDLE_MS) {
@@ -596,6 +768,7 @@ export class RelayNode {
   describe(): object {
     return {
       circuits: this.circuitCount,
+      extendsWaiting: this.waitingForLink.size,
       relay: this.counters,
       link: this.endpoint.describe(),
     };

@@ -88,7 +88,8 @@ export async function startNode(
   const identity = ephemeralIdentity();
   const host = nodeHost(k, nets);
   const transport = new SimTransport(net.transport(host, RELAY_PORT), watch);
-  const node = new RelayNode({ identity, transport });
+  // Simulated relays live in 100.64/10: private, so extending there must be allowed.
+  const node = new RelayNode({ identity, transport, allowPrivateExtend: true });
   let exit: ExitHandler | null = null;
   let device: EchoHostDevice | null = null;
   if (isExit) {

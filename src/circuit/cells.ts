@@ -3,7 +3,7 @@
  * "Relay messages").
  *
  * Between neighbours, inside one link message (after its type byte):
- *   CREATE    circ_id u32 | B [32] | X [32]
+ *   CREATE    circ_id u32 | B [32] | X [32] | depth u8
  *   CREATED   circ_id u32 | Y [32] | AUTH [32]
  *   DESTROY   circ_id u32 | reason u8
  *   FORWARD   circ_id u32 | cell [S]      S in CELL_SIZES
@@ -15,6 +15,7 @@
  * Decoders check sizes first and return null on malformed input.
  */
 import { LINK_MESSAGE_BYTES } from '../link/constants.js';
+import { MSG_CREATE, MSG_CREATED } from '../link/messages.js';
 import { backwardCapacity, forwardCapacity, MAX_HOPS } from './onion.js';
 
 /** Cell sizes: a small one for acknowledgements and control, a full one. */
@@ -47,31 +48,61 @@ export interface CreateMsg {
   circId: number;
   onionKey: Buffer;
   x: Buffer;
+  /**
+   * The position the sender gives the new hop, 1..MAX_HOPS (docs/protocol.md
+   * section 7.4): a relay that extends sends its own depth + 1, and refuses
+   * to extend from depth MAX_HOPS. The decoder returns the byte as it came;
+   * the relay judges it.
+   */
+  depth: number;
 }
 
+export const CREATE_BODY_BYTES = 4 + 32 + 32 + 1;
+export const CREATED_BODY_BYTES = 4 + 32 + 32;
+
 export function decodeCreate(buf: Buffer, o: number, len: number): CreateMsg | null {
-  if (len !== 68 || o + len > buf.length) return null;
+  if (len !== CREATE_BODY_BYTES || o < 0 || o + len > buf.length) return null;
   return {
     circId: buf.readUInt32BE(o),
     onionKey: Buffer.from(buf.subarray(o + 4, o + 36)),
     x: Buffer.from(buf.subarray(o + 36, o + 68)),
+    depth: buf[o + 68] as number,
   };
 }
 
-export function encodeCreate(type: number, circId: number, a: Buffer, b: Buffer): Buffer {
-  const out = Buffer.alloc(1 + 4 + 64);
-  out[0] = type;
+/** The CREATE link message (type byte included). */
+export function encodeCreate(circId: number, onionKey: Buffer, x: Buffer, depth: number): Buffer {
+  const out = Buffer.alloc(1 + CREATE_BODY_BYTES);
+  out[0] = MSG_CREATE;
   out.writeUInt32BE(circId, 1);
-  a.copy(out, 5, 0, 32);
-  b.copy(out, 37, 0, 32);
+  onionKey.copy(out, 5, 0, 32);
+  x.copy(out, 37, 0, 32);
+  out[69] = depth;
   return out;
 }
 
-/** CREATED has the same shape as CREATE: circ_id, then two 32-byte fields. */
-export const decodeCreated = (buf: Buffer, o: number, len: number) => {
-  const m = decodeCreate(buf, o, len);
-  return m ? { circId: m.circId, y: m.onionKey, auth: m.x } : null;
-};
+/** The CREATED link message (type byte included). */
+export function encodeCreated(circId: number, y: Buffer, auth: Buffer): Buffer {
+  const out = Buffer.alloc(1 + CREATED_BODY_BYTES);
+  out[0] = MSG_CREATED;
+  out.writeUInt32BE(circId, 1);
+  y.copy(out, 5, 0, 32);
+  auth.copy(out, 37, 0, 32);
+  return out;
+}
+
+export function decodeCreated(
+  buf: Buffer,
+  o: number,
+  len: number,
+): { circId: number; y: Buffer; auth: Buffer } | null {
+  if (len !== CREATED_BODY_BYTES || o < 0 || o + len > buf.length) return null;
+  return {
+    circId: buf.readUInt32BE(o),
+    y: Buffer.from(buf.subarray(o + 4, o + 36)),
+    auth: Buffer.from(buf.subarray(o + 36, o + 68)),
+  };
+}
 
 export function encodeDestroy(type: number, circId: number, reason: number): Buffer {
   const out = Buffer.alloc(6);
@@ -98,7 +129,28 @@ export const DestroyReason = {
   finished: 4,
   timeout: 5,
   badKey: 6,
+  /** EXTEND from a hop at depth MAX_HOPS: the circuit would be too long (section 7.4). */
+  tooManyHops: 7,
+  /** EXTEND to an address the relay does not extend to (loopback, private, ...). */
+  forbiddenAddress: 8,
 } as const;
+
+const DESTROY_REASON_TEXT: Record<number, string> = {
+  0: 'no reason given',
+  1: 'protocol violation',
+  2: 'resource limit at the relay',
+  3: 'link lost',
+  4: 'finished',
+  5: 'timed out',
+  6: 'wrong onion key (stale descriptor?)',
+  7: 'too many hops (the relay is at depth MAX_HOPS)',
+  8: 'the relay does not extend to that address (loopback, private or its own)',
+};
+
+/** One phrase for a DESTROY or EXTEND_FAILED reason, for logs and errors. */
+export function destroyReasonText(reason: number): string {
+  return `${DESTROY_REASON_TEXT[reason] ?? 'unknown reason'} (reason ${reason})`;
+}
 
 // --- relay messages (inside cells) --------------------------------------------
 

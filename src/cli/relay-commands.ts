@@ -83,6 +83,11 @@ const relayOptions = [
     value: 'SECONDS',
     help: 'replace the onion key this often (default 604800, a week); the old one works 1 day more',
   },
+  {
+    name: 'allow-private-extend',
+    type: 'flag',
+    help: 'extend circuits to loopback, private, link-local addresses and this host (test networks only)',
+  },
   common.network,
   common.logLevel,
   common.metrics,
@@ -201,6 +206,10 @@ function relaySetup(p: Parsed): RelaySetup {
     identity,
     transport: new UdpTransport(listen.host, listen.port),
     log,
+    // Relays on private addresses (a testnet) must say so: by default an
+    // EXTEND to loopback, a private network or this host is refused.
+    allowPrivateExtend: p['allow-private-extend'] === true,
+    ownAddresses: [...localAddresses(), advertise.host],
   });
   return {
     parsed: p,

@@ -267,6 +267,23 @@ export class LinkEndpoint {
     this.connect(this.dialTargets.get(key) as DialTarget);
   }
 
+  /**
+   * Give up a dial made with `persistent: false` that is no longer wanted
+   * (a relay's extend that ended before the link came up): forget the
+   * target, and drop its link if it is not up yet, so that abandoned
+   * handshakes do not hold link slots until they time out.
+   */
+  cancelDial(host: string, port: number): void {
+    const key = peerKey(host, port);
+    const target = this.dialTargets.get(key);
+    if (!target || target.persistent) return;
+    this.dialTargets.delete(key);
+    const peer = this.peers.get(key);
+    if (peer && peer.role === 'dialer' && peer.state !== 'up') {
+      this.drop(peer, 'dial abandoned', null);
+    }
+  }
+
   /** Peers whose links are up. */
   upPeers(): LinkPeer[] {
     return [...this.peers.values()].filter((p) => p.state === 'up');

@@ -363,6 +363,8 @@ export class TestnetBuilder {
         '--network',
         NETWORK,
         ...(boot ? bootstrap : ['--no-dht']),
+        // The testnet's relays are on 10.x: let them extend to each other.
+        '--allow-private-extend',
       ];
       if (n.role === 'relay') this.start(n, ['relay', ...base]);
       else

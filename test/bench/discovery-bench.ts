@@ -248,6 +248,7 @@ export async function runDiscoveryBench(
         bootAddr,
         '--network',
         network,
+        '--allow-private-extend',
       ];
       if (h.role === 'exit') {
         args.push('--pool', POOL, '--allow', `${net16(dest.addr)}.0.0/16`, '--dev', EXIT_DEV);

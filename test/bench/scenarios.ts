@@ -592,6 +592,7 @@ export function shallot3Hop(): Scenario {
         const child = lab.spawn(ns[k], process.execPath, [
           cli,
           'relay',
+          '--allow-private-extend',
           '--state',
           dirOf(k),
           '--listen',
@@ -604,6 +605,7 @@ export function shallot3Hop(): Scenario {
       const exitProc = lab.spawn(ns.E, process.execPath, [
         cli,
         'exit',
+        '--allow-private-extend',
         '--state',
         dirOf('E'),
         '--listen',

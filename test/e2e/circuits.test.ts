@@ -96,6 +96,7 @@ describe('onion circuits through three hops', { skip: skip ?? false, timeout: 60
       procs[n] = lab.spawn(ns[n] as string, NODE, [
         CLI,
         'relay',
+        '--allow-private-extend',
         '--no-dht',
         '--state',
         dirOf(n),
@@ -109,6 +110,7 @@ describe('onion circuits through three hops', { skip: skip ?? false, timeout: 60
       procs[n] = lab.spawn(ns[n] as string, NODE, [
         CLI,
         'exit',
+        '--allow-private-extend',
         '--no-dht',
         '--state',
         dirOf(n),

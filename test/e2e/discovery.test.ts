@@ -198,6 +198,7 @@ describe('relay discovery through a private DHT', { skip: skip ?? false, timeout
     procs[n] = lab.spawn(ns[n] as string, NODE, [
       CLI,
       'relay',
+      '--allow-private-extend',
       '--state',
       dirOf(n),
       '--listen',
@@ -281,6 +282,7 @@ describe('relay discovery through a private DHT', { skip: skip ?? false, timeout
     procs.E1 = lab.spawn(ns.E1 as string, NODE, [
       CLI,
       'exit',
+      '--allow-private-extend',
       '--state',
       dirOf('E1'),
       '--listen',

@@ -50,6 +50,7 @@ describe('exit killed and restarted', { skip: skip ?? false, timeout: 120_000 },
     lab.spawn(ns, NODE, [
       CLI,
       'exit',
+      '--allow-private-extend',
       '--no-dht',
       '--state',
       path.join(tmp, 'exit'),

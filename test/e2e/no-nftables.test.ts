@@ -88,6 +88,7 @@ describe('without nftables', { skip: skip ?? false, timeout: 120_000 }, () => {
     const before = links();
     const r = await inNamespace(bin, [
       'exit',
+      '--allow-private-extend',
       '--state',
       state,
       '--listen',

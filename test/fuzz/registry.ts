@@ -15,6 +15,7 @@ import {
 } from './targets/dtls.js';
 import { establishedTarget, listenerTarget, peerMessagesTarget } from './targets/endpoint.js';
 import { offloadTarget } from './targets/offload.js';
+import { relayCircuitsTarget } from './targets/relay.js';
 import type { FuzzTarget } from './target.js';
 
 export const targets: FuzzTarget[] = [
@@ -37,6 +38,8 @@ export const targets: FuzzTarget[] = [
   admissionTarget,
   // circuits and descriptors
   ...circuitTargets,
+  // the relay's circuit table, fed circuit messages from both neighbours
+  relayCircuitsTarget,
   descriptorTarget,
   descriptorTextTarget,
   // the TUN writer's TCP coalescing

@@ -62,13 +62,21 @@ async function overlay(net: MemoryNetwork) {
   for (let i = 1; i <= 4; i += 1) {
     const id = ephemeralIdentity();
     const host = `10.${i}.0.2`;
-    const node = new RelayNode({ identity: id, transport: net.transport(host, 7000) });
+    const node = new RelayNode({
+      identity: id,
+      transport: net.transport(host, 7000),
+      allowPrivateExtend: true,
+    });
     await node.start();
     stops.push(() => node.stop());
     relays.push({ node, desc: describe(id, host, 7000, false), host });
   }
   const exitId = ephemeralIdentity();
-  const exitRelay = new RelayNode({ identity: exitId, transport: net.transport('10.5.0.2', 7000) });
+  const exitRelay = new RelayNode({
+    identity: exitId,
+    transport: net.transport('10.5.0.2', 7000),
+    allowPrivateExtend: true,
+  });
   const exitDevice = new MemoryDevice('exit0');
   const exit = new ExitHandler(
     exitRelay,

@@ -22,7 +22,12 @@ import {
   EXTEND_TIMEOUT_MS,
   MAX_CIRCUITS,
   MAX_CIRCUITS_PER_LINK,
+  CREATE_BURST,
+  CREATE_RATE_PER_S,
+  EXTEND_BURST,
+  EXTEND_RATE_PER_S,
   MAX_EXTEND_TARGETS,
+  MAX_EXTEND_WAIT_PER_LINK,
 } from '../../relay/relay-node.js';
 import {
   CELL_LARGE,
@@ -34,6 +39,7 @@ import {
   decodeExtend,
   decodeRelay,
   encodeCreate,
+  encodeCreated,
   encodeDestroy,
   encodeExtend,
   MAX_HOPS,
@@ -141,22 +147,25 @@ test('vector circuit-create-v1: ntor with a 32-byte id, as CREATE and CREATED ca
   const circId = parseInt(field(v, 'circ_id'), 16);
 
   const client = ntorClientCreate(id, B, hex(v, 'client_secret'));
-  const create = encodeCreate(MSG_CREATE, circId, B, client.message);
+  const depth = num(v, 'depth');
+  const create = encodeCreate(circId, B, client.message, depth);
+  assert.equal(create[0], MSG_CREATE);
   assert.equal(create.toString('hex'), field(v, 'create'));
   const c = decodeCreate(create, 1, create.length - 1);
   assert.ok(c);
   assert.equal(c.circId, circId);
+  assert.equal(c.depth, depth);
   assert.ok(c.onionKey.equals(B));
 
   const server = ntorServerRespond(id, b, B, c.x, HOP_KEY_BYTES, hex(v, 'relay_secret'));
   assert.ok(server);
   assert.equal(server.keys.toString('hex'), field(v, 'key_material'));
-  const created = encodeCreate(
-    MSG_CREATED,
+  const created = encodeCreated(
     circId,
     server.message.subarray(0, 32),
     server.message.subarray(32),
   );
+  assert.equal(created[0], MSG_CREATED);
   assert.equal(created.toString('hex'), field(v, 'created'));
 
   const d = decodeCreated(created, 1, created.length - 1);
@@ -449,6 +458,11 @@ test('vector circuit-limits-v1: the timers and limits of section 7.6', () => {
   assert.equal(num(v, 'max_circuits'), MAX_CIRCUITS);
   assert.equal(num(v, 'max_circuits_per_link'), MAX_CIRCUITS_PER_LINK);
   assert.equal(num(v, 'max_extend_targets'), MAX_EXTEND_TARGETS);
+  assert.equal(num(v, 'max_extend_wait_per_link'), MAX_EXTEND_WAIT_PER_LINK);
+  assert.equal(num(v, 'create_rate_per_s'), CREATE_RATE_PER_S);
+  assert.equal(num(v, 'create_burst'), CREATE_BURST);
+  assert.equal(num(v, 'extend_rate_per_s'), EXTEND_RATE_PER_S);
+  assert.equal(num(v, 'extend_burst'), EXTEND_BURST);
   assert.equal(num(v, 'circuit_idle_ms'), CIRCUIT_IDLE_MS);
   assert.equal(num(v, 'extend_timeout_ms'), EXTEND_TIMEOUT_MS);
   assert.equal(num(v, 'create_resend_ms'), CREATE_RESEND_MS);

@@ -11,6 +11,7 @@ import {
   decodeExtend,
   decodeRelay,
   encodeCreate,
+  encodeCreated,
   encodeDestroy,
   encodeExtend,
   relayMessage,
@@ -61,14 +62,21 @@ function windowed<T>(
 
 export const createTarget = codecTarget<CreateMsg>({
   name: 'circuit/decodeCreate',
-  seeds: () => [encodeCreate(0x20, 7, Buffer.alloc(32, 1), Buffer.alloc(32, 2)).subarray(1)],
-  decode: (input) => {
-    const v = windowed(decodeCreate)(input);
-    const created = decodeCreated(input, 0, input.length);
-    check((created === null) === (v === null), 'CREATED and CREATE disagree on the shape');
-    return v;
-  },
-  encode: (m) => encodeCreate(0x20, m.circId, m.onionKey, m.x).subarray(1),
+  seeds: () => [
+    encodeCreate(7, Buffer.alloc(32, 1), Buffer.alloc(32, 2), 1).subarray(1),
+    encodeCreate(0xfffffffe, Buffer.alloc(32, 3), Buffer.alloc(32, 4), 3).subarray(1),
+  ],
+  decode: windowed(decodeCreate),
+  encode: (m) => encodeCreate(m.circId, m.onionKey, m.x, m.depth).subarray(1),
+  maxLength: 128,
+  weight: 0.3,
+});
+
+export const createdTarget = codecTarget<{ circId: number; y: Buffer; auth: Buffer }>({
+  name: 'circuit/decodeCreated',
+  seeds: () => [encodeCreated(9, Buffer.alloc(32, 5), Buffer.alloc(32, 6)).subarray(1)],
+  decode: windowed(decodeCreated),
+  encode: (m) => encodeCreated(m.circId, m.y, m.auth).subarray(1),
   maxLength: 128,
   weight: 0.3,
 });
@@ -331,6 +339,7 @@ export const replayWindowTarget: FuzzTarget = {
 
 export const circuitTargets: FuzzTarget[] = [
   createTarget,
+  createdTarget,
   destroyTarget,
   relayTarget,
   extendTarget,
