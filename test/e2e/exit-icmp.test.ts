@@ -235,8 +235,11 @@ describe(
         lease.B!,
         '40123',
       ]);
-      // 3. About the exit's NATed packet to D (the reply direction): conntrack
-      //    turns it back into an error from D about B's packet, sent to B.
+      // 3. About the exit's NATed packet to D, and about B's packet to D (the
+      //    reply direction, which would be turned back toward B). The kernel
+      //    relates such an error only if its outer destination is the exit's
+      //    own address, which the policy refuses anyway; still they are
+      //    another client's flow and counted as such.
       await forge('A', [
         'icmp',
         lease.A!,
@@ -286,6 +289,9 @@ describe(
       await new Promise((r) => setTimeout(r, 500));
       await lab.stop(atD);
       await lab.stop(atB);
+      // D keeps a path MTU per destination address: a forged "fragmentation
+      // needed" would have lowered it for every client of the exit.
+      const route = lab.sh(ns.D as string, `ip route get ${addr.E}`);
       const sent = Number(/sent (\d+)/.exec(b.stdout)?.[1]);
       const echoes = (b.stdout.match(/^echo$/gm) ?? []).length;
       t.diagnostic(
@@ -299,6 +305,7 @@ describe(
       assert.doesNotMatch(b.stdout, /error/, `B's socket got an ICMP error: ${b.stdout}`);
       assert.ok(sent > 40 && echoes >= sent * 0.9, `B's flow: ${echoes} of ${sent} echoes`);
       assert.doesNotMatch(atB.output(), /ICMP/, 'no ICMP reached B');
+      assert.doesNotMatch(route, /mtu 576/, `D's path MTU toward the exit: ${route}`);
       assert.doesNotMatch(
         atD.output(),
         /port 40123 unreachable|need to frag/,
