@@ -4,7 +4,11 @@
 // address. Each test crafts the packet an attacking client would send.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { AddressPool } from '../../exit/address-pool.js';
+import { ExitHandler } from '../../exit/exit-node.js';
 import { ExitPolicy, parseAllowList, parsePolicyText, type Verdict } from '../../exit/policy.js';
+import type { RelayCircuit, RelayNode } from '../../relay/relay-node.js';
+import { LEASE_BODY_BYTES, Relay } from '../../src/circuit/cells.js';
 import { parseCidr, parseIp } from '../../src/net/cidr.js';
 import {
   checkIcmp4,
@@ -15,6 +19,7 @@ import {
   ICMP_NOT_ERROR,
   ICMP_OWN_QUOTE,
 } from '../../src/net/ip-packet.js';
+import { MemoryDevice } from '../../src/tun/device.js';
 
 const TCP = 6;
 const UDP = 17;
@@ -410,5 +415,48 @@ describe('IPv6 addresses that stand for IPv4 addresses', () => {
         assert.equal(decide(all, v6(A6, text, UDP, udp(1, 443))).verdict, 'reject', name);
       }
     }
+  });
+});
+
+describe('at the exit handler: two leased clients', () => {
+  it("A's forged error about B's flow is dropped and counted; its own is written to the TUN", () => {
+    const sent: { command: number; text: string }[] = [];
+    const relay = {
+      counters: { drops: { badRelayMessage: 0 } },
+      outbox: { flush() {} },
+      sendBackward(_c: RelayCircuit, command: number, buf: Buffer, off = 0, len?: number) {
+        sent.push({ command, text: buf.toString('latin1', off, off + (len ?? buf.length - off)) });
+      },
+    };
+    const device = new MemoryDevice('t0');
+    const pool = new AddressPool(parseCidr('10.200.0.1/24'));
+    const exit = new ExitHandler(relay as unknown as RelayNode, device, pool, policy, {
+      now: () => 5000,
+    });
+    const circA = { exitContext: undefined } as unknown as RelayCircuit;
+    const circB = { exitContext: undefined } as unknown as RelayCircuit;
+    const lease = (c: RelayCircuit, key: number) =>
+      exit.onRelayMessage(c, Relay.lease, Buffer.alloc(LEASE_BODY_BYTES, key), 0, LEASE_BODY_BYTES);
+    lease(circA, 0xa);
+    lease(circB, 0xb);
+    const grants = sent.filter((m) => m.command === Relay.leaseGrant);
+    const leaseOf = (i: number) =>
+      [...Buffer.from(grants[i]!.text, 'latin1').subarray(16, 20)].join('.');
+    const a = leaseOf(0);
+    const b = leaseOf(1);
+    assert.notEqual(a, b);
+    const data = (c: RelayCircuit, p: Buffer) => exit.onRelayMessage(c, Relay.data, p, 0, p.length);
+    // A quotes D's packet to B, and D's packet to A.
+    data(circA, v4(a, D, ICMP, icmp(3, 3, v4(D, b, UDP, udp(53, 40000)))));
+    data(circA, v4(a, D, ICMP, icmp(3, 4, v4(D, b, UDP, udp(53, 40000)), 576)));
+    data(circA, v4(a, D, ICMP, icmp(3, 3, v4(D, a, UDP, udp(53, 40001)))));
+    exit.flush();
+    assert.equal(device.written.length, 1, 'only the honest error reaches the TUN');
+    assert.equal(device.written[0]![20], 3);
+    assert.deepEqual(exit.counters.rejectsByReason, { 'icmp-foreign': 2 });
+    assert.equal(exit.counters.drops.policy, 2);
+    // The client hears why, once a second at most.
+    const notices = sent.filter((m) => m.command === Relay.rejected).map((m) => m.text);
+    assert.deepEqual(notices, [`icmp-foreign ${D}`]);
   });
 });
