@@ -530,8 +530,12 @@ export class ExitPolicy {
     this.family = 6;
     this.dst6At = offset + 24;
     this.embedded4 = embeddedIpv4(buf, this.dst6At, 0);
-    this.embedded4b = embeddedIpv4(buf, this.dst6At, 1);
-    this.nat64Local = isNat64LocalUse(buf, this.dst6At);
+    if (this.embedded4 >= 0) {
+      // Only Teredo has a second address; only 00xx:... can be NAT64's.
+      this.embedded4b = embeddedIpv4(buf, this.dst6At, 1);
+    } else if (buf[this.dst6At] === 0) {
+      this.nat64Local = isNat64LocalUse(buf, this.dst6At);
+    }
     let next = buf[offset + 6] as number;
     let pos = 40;
     let fragmented = false;

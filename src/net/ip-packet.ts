@@ -50,20 +50,37 @@ export function addressKey(ip: Buffer): number | string {
  * carved out of it, so it cannot be read (see isNat64LocalUse).
  */
 export function embeddedIpv4(buf: Buffer, at: number, index: 0 | 1): number {
-  const w0 = buf.readUInt32BE(at);
+  // The first byte rules out almost every address (this runs per packet).
+  const b0 = buf[at] as number;
+  const b1 = buf[at + 1] as number;
+  if (b0 === 0x20) {
+    if (b1 === 0x02) return index === 0 ? buf.readUInt32BE(at + 2) : -1;
+    if (b1 !== 0x01 || buf[at + 2] !== 0 || buf[at + 3] !== 0) return -1;
+    return index === 0 ? ~buf.readUInt32BE(at + 12) >>> 0 : buf.readUInt32BE(at + 4);
+  }
+  if (b0 !== 0 || index !== 0) return -1;
   const w1 = buf.readUInt32BE(at + 4);
   const w2 = buf.readUInt32BE(at + 8);
-  if (w0 === 0x20010000) return index === 0 ? ~buf.readUInt32BE(at + 12) >>> 0 : w1;
-  if (index !== 0) return -1;
-  if (w0 === 0 && w1 === 0 && (w2 === 0xffff || w2 === 0)) return buf.readUInt32BE(at + 12);
-  if (w0 === 0x0064ff9b && w1 === 0 && w2 === 0) return buf.readUInt32BE(at + 12);
-  if (w0 >>> 16 === 0x2002) return ((w0 << 16) | (w1 >>> 16)) >>> 0;
+  if (w1 !== 0) return -1;
+  if (b1 === 0 && buf[at + 2] === 0 && buf[at + 3] === 0 && (w2 === 0xffff || w2 === 0)) {
+    return buf.readUInt32BE(at + 12);
+  }
+  if (b1 === 0x64 && buf[at + 2] === 0xff && buf[at + 3] === 0x9b && w2 === 0) {
+    return buf.readUInt32BE(at + 12);
+  }
   return -1;
 }
 
 /** True for 64:ff9b:1::/48, NAT64's local-use prefix (RFC 8215). */
 export function isNat64LocalUse(buf: Buffer, at: number): boolean {
-  return buf.readUInt32BE(at) === 0x0064ff9b && buf.readUInt16BE(at + 4) === 1;
+  return (
+    buf[at] === 0 &&
+    buf[at + 1] === 0x64 &&
+    buf[at + 2] === 0xff &&
+    buf[at + 3] === 0x9b &&
+    buf[at + 4] === 0 &&
+    buf[at + 5] === 1
+  );
 }
 
 // ------------------------------------------------ ICMP errors and their quotes
