@@ -10,6 +10,10 @@
  * From a circuit, only packets whose source is the session's leased
  * address are accepted; each is checked against the exit policy and
  * written to the exit's TUN, where the kernel forwards and masquerades it.
+ * The source check is what the policy's ICMP rule builds on: an error is
+ * forwarded only if it quotes a packet sent to its own source, that is,
+ * to the sender's lease, so that connection tracking can relate it to no
+ * other session's flow (protocol 9.6). Rejects are counted per reason.
  * Replies read from the TUN are mapped back to the session, and so to its
  * current circuit, by destination address.
  */

@@ -12,8 +12,17 @@
  *     chain forward {       # anti-spoof: pool sources only from the TUN
  *       type filter hook forward priority filter; policy accept;
  *       ip saddr 10.70.0.0/24 iifname != "shx0" counter drop
+ *       iifname "shx0" ct state invalid counter drop
+ *       oifname "shx0" ct state invalid counter drop
  *     }
  *   }
+ *
+ * The two `ct state invalid` rules drop, in and out of the TUN, what
+ * connection tracking cannot place: TCP segments outside the window of
+ * their connection, and ICMP errors that quote no flow it knows. Such
+ * packets are not NATed either, so from the TUN they would leave with a
+ * pool source. (The exit policy already drops client ICMP errors that
+ * quote another client's flow; this is the kernel's own check behind it.)
  *
  * The forward chain accepts everything else: it must not break other
  * forwarding on the host. (A drop in some other table, e.g. a firewall
@@ -177,6 +186,8 @@ export class ExitNat {
       `  chain forward {`,
       `    type filter hook forward priority filter; policy accept;`,
       ...pools.map(([f, net]) => `    ${f} saddr ${net} iifname != ${tun} counter drop`),
+      `    iifname ${tun} ct state invalid counter drop`,
+      `    oifname ${tun} ct state invalid counter drop`,
       `  }`,
       `}`,
       '',

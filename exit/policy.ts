@@ -18,10 +18,20 @@
  *     TCP/UDP destination port 25.
  *  5. Accept.
  *
- * IPv6 destinations that embed an IPv4 address (IPv4-mapped ::ffff:0:0/96
- * and NAT64 64:ff9b::/96) are also judged by the embedded address in steps 1
- * and 4, so an exit behind a NAT64 gateway does not reach 127.0.0.1 or
- * 10.0.0.1 through it.
+ * IPv6 destinations that stand for an IPv4 address (IPv4-mapped
+ * ::ffff:0:0/96, IPv4-compatible ::/96, NAT64 64:ff9b::/96, 6to4
+ * 2002::/16, Teredo 2001::/32: see embeddedIpv4) are judged as that IPv4
+ * address too, by every step: an IPv4 rule matches them, so an exit behind
+ * a NAT64 gateway or a 6to4/Teredo relay does not reach 127.0.0.1 or
+ * 10.0.0.1 through it. NAT64's local-use prefix 64:ff9b:1::/48 cannot be
+ * read that way and is a hard reject (`nat64-local`).
+ *
+ * ICMP and ICMPv6 errors (checkIcmp4/checkIcmp6) are judged by the packet
+ * they quote before anything else: the kernel's connection tracking
+ * relates an error to the flow it quotes and NATs it into that flow, so an
+ * error is forwarded only if it is about a packet the sender received from
+ * the error's destination (`icmp-foreign`, `icmp-malformed`,
+ * `icmp-redirect`, `icmp-mtu` otherwise).
  *
  * Ports: rules with a port range match only TCP (6) and UDP (17) packets
  * whose destination port is known (not a non-first fragment) and in range;
@@ -32,6 +42,22 @@
 import { readFileSync } from 'node:fs';
 import { errors, ShallotError } from '../src/errors.js';
 import { type Cidr, formatIp, parseCidr, parseIp } from '../src/net/cidr.js';
+import {
+  checkIcmp4,
+  checkIcmp6,
+  embeddedIpv4,
+  ICMP_BAD_QUOTE,
+  ICMP_FOREIGN_QUOTE,
+  ICMP_LOW_MTU,
+  ICMP_NOT_ERROR,
+  ICMP_OWN_QUOTE,
+  ICMP_REDIRECT,
+  type IcmpCheck,
+  ipv6ExtensionSize,
+  isIpv6Extension,
+  isNat64LocalUse,
+  MAX_IPV6_EXTENSIONS,
+} from '../src/net/ip-packet.js';
 
 export interface PortRange {
   from: number;
@@ -56,7 +82,12 @@ export type RejectReason =
   | 'own-address'
   | 'port-25'
   | 'policy'
-  | 'malformed';
+  | 'malformed'
+  | 'nat64-local'
+  | 'icmp-foreign'
+  | 'icmp-malformed'
+  | 'icmp-redirect'
+  | 'icmp-mtu';
 
 export type Verdict =
   { verdict: 'accept' } | { verdict: 'reject'; reason: RejectReason; destination: string };
@@ -79,6 +110,17 @@ export interface ExitPolicyOptions {
 
 const TCP = 6;
 const UDP = 17;
+const ICMP = 1;
+const ICMP6 = 58;
+
+const ICMP_REASONS: Record<IcmpCheck, RejectReason | null> = {
+  [ICMP_NOT_ERROR]: null,
+  [ICMP_OWN_QUOTE]: null,
+  [ICMP_FOREIGN_QUOTE]: 'icmp-foreign',
+  [ICMP_BAD_QUOTE]: 'icmp-malformed',
+  [ICMP_REDIRECT]: 'icmp-redirect',
+  [ICMP_LOW_MTU]: 'icmp-mtu',
+};
 
 // ---------------------------------------------------------------- parsing
 
@@ -296,12 +338,10 @@ const DEFAULT_V6: DefaultClass[] = [
   { rule: cidrRule('fc00::/7'), reason: 'private' },
   { rule: cidrRule('::/128'), reason: 'private' },
   { rule: cidrRule('::ffff:0:0/96'), reason: 'private' },
+  { rule: cidrRule('::/96'), reason: 'private' },
   { rule: cidrRule('fe80::/10'), reason: 'link-local' },
   { rule: cidrRule('ff00::/8'), reason: 'multicast' },
 ];
-
-/** IPv6 prefixes whose last 32 bits are an IPv4 address. */
-const EMBEDS_V4: Compiled[] = [cidrRule('::ffff:0:0/96'), cidrRule('64:ff9b::/96')];
 
 function matches6(rule: Compiled, buf: Buffer, at: number): boolean {
   for (let i = 0; i < rule.bytes6; i += 1) {
@@ -330,8 +370,13 @@ export class ExitPolicy {
   private buf: Buffer = EMPTY;
   private dst4 = 0;
   private dst6At = 0;
-  /** Embedded IPv4 of an IPv6 destination, or -1. */
+  /** IPv4 addresses an IPv6 destination stands for (embeddedIpv4), or -1. */
   private embedded4 = -1;
+  private embedded4b = -1;
+  /** The destination is in 64:ff9b:1::/48. */
+  private nat64Local = false;
+  /** ICMP/ICMPv6 verdict on the packet (checkIcmp4/checkIcmp6). */
+  private icmp: IcmpCheck = ICMP_NOT_ERROR;
   /** TCP/UDP destination port, or -1 (other protocol, non-first fragment). */
   private port = -1;
   private udp = false;
@@ -372,7 +417,13 @@ export class ExitPolicy {
   decide(packet: Buffer, offset: number, len: number): Verdict {
     try {
       if (!this.parse(packet, offset, len)) return malformed();
-      if (this.udp) for (const r of this.servicesC) if (this.matches(r)) return ACCEPT;
+      const icmpReason = ICMP_REASONS[this.icmp];
+      if (icmpReason) return this.reject(icmpReason);
+      if (this.nat64Local) return this.reject('nat64-local');
+      if (this.udp) {
+        for (const r of this.servicesC)
+          if (r.family === this.family && this.matches(r)) return ACCEPT;
+      }
       const hard = this.classify(this.hard4, this.hard6);
       if (hard) return this.reject(hard);
       for (const r of this.allowC) if (this.matches(r)) return ACCEPT;
@@ -406,7 +457,18 @@ export class ExitPolicy {
 
   private matches(r: Compiled): boolean {
     if (r.family === 4) {
-      if (this.family !== 4 || (this.dst4 & r.mask4) >>> 0 !== r.net4) return false;
+      if (this.family === 4) {
+        if ((this.dst4 & r.mask4) >>> 0 !== r.net4) return false;
+      } else {
+        // An IPv6 address standing for IPv4 addresses: a reject rule takes
+        // it if any of them matches, an accept rule only if all do.
+        const a = this.embedded4;
+        const b = this.embedded4b;
+        if (a < 0) return false;
+        const ma = (a & r.mask4) >>> 0 === r.net4;
+        const mb = b >= 0 && (b & r.mask4) >>> 0 === r.net4;
+        if (r.accept ? !ma || (b >= 0 && !mb) : !ma && !mb) return false;
+      }
     } else if (r.family === 6) {
       if (this.family !== 6 || !matches6(r, this.buf, this.dst6At)) return false;
     }
@@ -422,6 +484,9 @@ export class ExitPolicy {
     const a = this.family === 4 ? this.dst4 : this.embedded4;
     if (a < 0) return null;
     for (const c of v4) if ((a & c.rule.mask4) >>> 0 === c.rule.net4) return c.reason;
+    const b = this.family === 4 ? -1 : this.embedded4b;
+    if (b < 0) return null;
+    for (const c of v4) if ((b & c.rule.mask4) >>> 0 === c.rule.net4) return c.reason;
     return null;
   }
 
@@ -433,6 +498,9 @@ export class ExitPolicy {
     this.port = -1;
     this.udp = false;
     this.embedded4 = -1;
+    this.embedded4b = -1;
+    this.nat64Local = false;
+    this.icmp = ICMP_NOT_ERROR;
     const version = (buf[offset] as number) >> 4;
     if (version === 4) {
       if (len < 20) return false;
@@ -442,11 +510,17 @@ export class ExitPolicy {
       this.family = 4;
       this.dst4 = buf.readUInt32BE(offset + 16);
       const proto = buf[offset + 9] as number;
-      const fragOffset = buf.readUInt16BE(offset + 6) & 0x1fff;
+      const flags = buf.readUInt16BE(offset + 6);
+      const fragOffset = flags & 0x1fff;
       if ((proto === TCP || proto === UDP) && fragOffset === 0) {
         if (ihl + 4 > total) return false;
         this.port = buf.readUInt16BE(offset + ihl + 2);
         this.udp = proto === UDP;
+      }
+      if (proto === ICMP && fragOffset === 0) {
+        // A later fragment shows no ICMP header; reassembly needs the first
+        // one, which is judged here with the quote it carries.
+        this.icmp = checkIcmp4(buf, offset, offset + total, offset + ihl, (flags & 0x2000) !== 0);
       }
       return true;
     }
@@ -455,35 +529,31 @@ export class ExitPolicy {
     if (end > len) return false;
     this.family = 6;
     this.dst6At = offset + 24;
-    for (const e of EMBEDS_V4) {
-      if (matches6(e, buf, this.dst6At)) this.embedded4 = buf.readUInt32BE(offset + 36);
+    this.embedded4 = embeddedIpv4(buf, this.dst6At, 0);
+    if (this.embedded4 >= 0) {
+      // Only Teredo has a second address; only 00xx:... can be NAT64's.
+      this.embedded4b = embeddedIpv4(buf, this.dst6At, 1);
+    } else if (buf[this.dst6At] === 0) {
+      this.nat64Local = isNat64LocalUse(buf, this.dst6At);
     }
     let next = buf[offset + 6] as number;
     let pos = 40;
-    for (let hops = 0; ; hops += 1) {
-      if (hops > 8) return false; // an absurd chain of extension headers
-      if (next === 0 || next === 43 || next === 60 || next === 51) {
-        // Hop-by-hop, routing, destination options: (len+1)*8; AH: (len+2)*4.
-        if (pos + 2 > end) return false;
-        const size =
-          next === 51
-            ? ((buf[offset + pos + 1] as number) + 2) * 4
-            : ((buf[offset + pos + 1] as number) + 1) * 8;
-        next = buf[offset + pos] as number;
-        pos += size;
-        if (pos > end) return false;
-        continue;
-      }
-      if (next === 44) {
-        // Fragment header: a non-first fragment carries no transport header.
-        if (pos + 8 > end) return false;
-        const fragOffset = buf.readUInt16BE(offset + pos + 2) >> 3;
-        next = buf[offset + pos] as number;
-        pos += 8;
-        if (fragOffset !== 0) return true;
-        continue;
-      }
-      break;
+    let fragmented = false;
+    for (let hops = 0; isIpv6Extension(next); hops += 1) {
+      if (hops > MAX_IPV6_EXTENSIONS) return false; // an absurd chain of extension headers
+      // Hop-by-hop, routing, destination options: (len+1)*8; AH: (len+2)*4;
+      // fragment: 8, and a non-first fragment carries no transport header.
+      if (pos + (next === 44 ? 8 : 2) > end) return false;
+      const size = ipv6ExtensionSize(buf, offset + pos, next);
+      const fragOffset = next === 44 ? buf.readUInt16BE(offset + pos + 2) >> 3 : 0;
+      if (next === 44) fragmented = true;
+      next = buf[offset + pos] as number;
+      pos += size;
+      if (pos > end) return false;
+      if (fragOffset !== 0) return true;
+    }
+    if (next === ICMP6) {
+      this.icmp = checkIcmp6(buf, offset, offset + end, offset + pos, fragmented);
     }
     if (next === TCP || next === UDP) {
       if (pos + 4 > end) return false;

@@ -14,6 +14,7 @@ import {
   dtlsServerTarget,
 } from './targets/dtls.js';
 import { establishedTarget, listenerTarget, peerMessagesTarget } from './targets/endpoint.js';
+import { exitHandlerTarget, exitPolicyTarget } from './targets/exit.js';
 import { offloadTarget } from './targets/offload.js';
 import { relayCircuitsTarget } from './targets/relay.js';
 import type { FuzzTarget } from './target.js';
@@ -42,6 +43,9 @@ export const targets: FuzzTarget[] = [
   relayCircuitsTarget,
   descriptorTarget,
   descriptorTextTarget,
+  // the exit's handling of circuit messages and the packets in them
+  exitPolicyTarget,
+  exitHandlerTarget,
   // the TUN writer's TCP coalescing
   offloadTarget,
 ];

@@ -45,7 +45,7 @@ function l4(proto: number, dport: number, payload: number): Buffer {
     b.writeUInt16BE(40000, 0);
     b.writeUInt16BE(dport, 2);
   } else {
-    b[0] = 8; // echo request
+    b[0] = proto === ICMP6 ? 128 : 8; // echo request
   }
   return b;
 }
@@ -615,17 +615,34 @@ const in_ = (cidr: string, ip: Buffer) => cidrContains(C(cidr), ip);
 /** The policy as the module comment states it, written plainly. */
 function model(pkt: ModelPacket, allow: PolicyRule[], rules: PolicyRule[], own: Cidr[]): string {
   const dst = pkt.dst;
-  let v4: Buffer | null = pkt.family === 4 ? dst : null;
-  if (pkt.family === 6 && (in_('::ffff:0:0/96', dst) || in_('64:ff9b::/96', dst))) {
-    v4 = dst.subarray(12);
+  // The IPv4 addresses an IPv6 destination stands for (protocol 9.6).
+  const v4s: Buffer[] = pkt.family === 4 ? [dst] : [];
+  if (pkt.family === 6) {
+    if (in_('::ffff:0:0/96', dst) || in_('::/96', dst) || in_('64:ff9b::/96', dst)) {
+      v4s.push(dst.subarray(12));
+    } else if (in_('2002::/16', dst)) {
+      v4s.push(dst.subarray(2, 6));
+    } else if (in_('2001::/32', dst)) {
+      v4s.push(Buffer.from(dst.subarray(12).map((x) => ~x & 0xff)), dst.subarray(4, 8));
+    }
   }
+  const anyV4 = (cidr: string) => v4s.some((a) => in_(cidr, a));
+  // 0. ICMP quotes (none in these packets), NAT64 local use
+  if (pkt.family === 6 && in_('64:ff9b:1::/48', dst)) return 'nat64-local';
   // 1. hard rejects
   if (pkt.family === 6 && in_('::1/128', dst)) return 'loopback';
   if (pkt.family === 6 && own.some((c) => cidrContains(c, dst))) return 'own-address';
-  if (v4 && in_('127.0.0.0/8', v4)) return 'loopback';
-  if (v4 && own.some((c) => cidrContains(c, v4))) return 'own-address';
+  if (anyV4('127.0.0.0/8')) return 'loopback';
+  if (v4s.some((a) => own.some((c) => cidrContains(c, a)))) return 'own-address';
+  const addressMatches = (r: PolicyRule) => {
+    if (r.cidr === null) return true;
+    if (r.cidr.family === pkt.family) return cidrContains(r.cidr, dst);
+    if (r.cidr.family === 6 || v4s.length === 0) return false;
+    const hits = v4s.map((a) => cidrContains(r.cidr as Cidr, a));
+    return r.action === 'accept' ? hits.every(Boolean) : hits.some(Boolean);
+  };
   const matches = (r: PolicyRule) =>
-    (r.cidr === null || cidrContains(r.cidr, dst)) &&
+    addressMatches(r) &&
     (r.ports === null || (pkt.port !== null && pkt.port >= r.ports.from && pkt.port <= r.ports.to));
   // 2. allow
   if (allow.some(matches)) return 'accept';
@@ -634,11 +651,11 @@ function model(pkt: ModelPacket, allow: PolicyRule[], rules: PolicyRule[], own: 
   if (first?.action === 'reject') return 'policy';
   // 4. defaults
   if (pkt.family === 6) {
-    if (in_('fc00::/7', dst) || in_('::/128', dst) || in_('::ffff:0:0/96', dst)) return 'private';
+    if (in_('fc00::/7', dst) || in_('::/96', dst) || in_('::ffff:0:0/96', dst)) return 'private';
     if (in_('fe80::/10', dst)) return 'link-local';
     if (in_('ff00::/8', dst)) return 'multicast';
   }
-  if (v4) {
+  for (const v4 of v4s) {
     for (const p of [
       '10.0.0.0/8',
       '172.16.0.0/12',
@@ -688,6 +705,14 @@ describe('randomized against a plain model', () => {
     '64:ff9b::/96',
     '64:ff9b::a00:0/104',
     '64:ff9b::7f00:0/104',
+    '64:ff9b:1::/48',
+    '2002::/16',
+    '2002:a00::/24',
+    '2002:7f00::/24',
+    '2001::/32',
+    '2001:0:808:808::/64',
+    '2001:0:a00::/40',
+    '::a00:0/104',
     '2001:db8::/32',
     '2001:db8:5::/48',
     '::/0',
