@@ -408,6 +408,32 @@ describe('IPv6 through a 3-hop circuit', { skip: skip ?? false, timeout: 600_000
     assert.doesNotMatch(lab.sh(ns.C as string, 'ip link show'), new RegExp(TUN));
   });
 
+  it('a client on a host with IPv6 turned off still gets its circuit, IPv4 only', async () => {
+    const off = (v: 0 | 1) =>
+      lab.sh(
+        ns.C as string,
+        `sysctl -qw net.ipv6.conf.all.disable_ipv6=${v} net.ipv6.conf.default.disable_ipv6=${v}`,
+      );
+    await lab.stop(procs.C as Proc, 5000); // the one TUN name: one client at a time
+    off(1);
+    try {
+      const c = startClient(path.join(tmp, 'C-no6'));
+      await waitFor(
+        'a circuit without IPv6',
+        () => c.output().includes('circuit ready: inner address'),
+        30_000,
+      ).catch((e: Error) => {
+        throw new Error(`${e.message}; client: ${c.output().slice(-800)}`);
+      });
+      assert.match(c.output(), /no IPv6 through the circuit/);
+      assert.doesNotMatch(c.output(), /circuit ready: inner address \S+ and /);
+      assert.match(lab.sh(ns.C as string, `ip -4 addr show dev ${TUN}`), /inet 10\.200\./);
+      assert.equal(await lab.stop(c, 5000), 0);
+    } finally {
+      off(0);
+    }
+  });
+
   it('the exit removes its IPv6 NAT and restores IPv6 forwarding on stop', async () => {
     assert.equal(await lab.stop(procs.E as Proc, 5000), 0);
     assert.doesNotMatch(lab.sh(ns.E as string, 'nft list tables'), /shallot/);
