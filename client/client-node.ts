@@ -55,7 +55,7 @@ import { Outbox } from '../src/link/outbox.js';
 import type { DatagramTransport } from '../src/link/transport.js';
 import type { Logger } from '../src/log.js';
 import { silentLogger } from '../src/log.js';
-import { parseIp } from '../src/net/cidr.js';
+import { formatIp, parseIp } from '../src/net/cidr.js';
 import type { PacketDevice } from '../src/tun/device.js';
 import { GuardList, selectPath } from './path.js';
 
@@ -341,7 +341,8 @@ export class ClientNode {
       this.current = circ;
       if (old && old !== circ) this.close(old, 'replaced', true);
       this.counters.circuitsBuilt += 1;
-      this.log.info(`circuit ready: ${names}; inner address ${[...lease.v4].join('.')}`);
+      const inner = formatIp(lease.v4) + (lease.v6 ? ` and ${formatIp(lease.v6)}` : '');
+      this.log.info(`circuit ready: ${names}; inner address ${inner}`);
       this.options.onCircuit?.(path, lease, first_);
     } catch (e) {
       this.close(circ, (e as Error).message, true);
@@ -630,7 +631,12 @@ export class ClientNode {
             cellsIn: c.cellsIn,
           }
         : null,
-      lease: this.lease ? { v4: [...this.lease.v4].join('.') } : null,
+      lease: this.lease
+        ? {
+            v4: formatIp(this.lease.v4),
+            ...(this.lease.v6 ? { v6: formatIp(this.lease.v6) } : {}),
+          }
+        : null,
       guards: this.guards.guards,
       client: this.counters,
       lastRejection: this.lastRejection || null,

@@ -19,6 +19,7 @@
  */
 import { CIRCUIT_MTU, LEASE_BODY_BYTES, Relay } from '../src/circuit/cells.js';
 import type { Logger } from '../src/log.js';
+import { formatIp } from '../src/net/cidr.js';
 import { silentLogger } from '../src/log.js';
 import {
   addressKey,
@@ -272,7 +273,8 @@ export class ExitHandler implements LastHopHandler {
     return {
       exit: this.counters,
       leases: [...this.sessions.values()].map((s) => ({
-        address: [...s.lease.v4].join('.'),
+        address: formatIp(s.lease.v4),
+        ...(s.lease.v6 ? { v6: formatIp(s.lease.v6) } : {}),
         circuit: s.circuit !== null,
       })),
     };

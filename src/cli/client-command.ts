@@ -16,7 +16,7 @@ import { RelayFinder } from '../discovery/finder.js';
 import { errors } from '../errors.js';
 import { parseNodeId } from '../identity.js';
 import { UdpTransport } from '../link/transport.js';
-import { formatIp, parseCidr, parseIp } from '../net/cidr.js';
+import { type Cidr, formatIp, parseCidr, parseIp } from '../net/cidr.js';
 import { ip } from '../tun/iproute.js';
 import { LinuxTun } from '../tun/linux-tun.js';
 import { requireString, type CommandSpec } from './args.js';
@@ -212,6 +212,7 @@ export async function clientCommand(argv: string[]): Promise<number> {
   let routing: ClientRouting | null = null;
   let guardKey = '';
   let addressed = false;
+  let innerV6: Cidr | null = null;
   const guardOf = (d: Descriptor) => {
     const a = d.addresses[0] as { host: string; port: number };
     return { host: a.host, port: a.port };
@@ -243,7 +244,16 @@ export async function clientCommand(argv: string[]): Promise<number> {
     onCircuit: (_path, lease, _first) => {
       if (!addressed) {
         ip(['addr', 'add', `${formatIp(lease.v4)}/32`, 'dev', device.name]);
-        if (lease.v6) ip(['-6', 'addr', 'add', `${formatIp(lease.v6)}/128`, 'dev', device.name]);
+        if (lease.v6) {
+          try {
+            ip(['-6', 'addr', 'add', `${formatIp(lease.v6)}/128`, 'dev', device.name, 'nodad']);
+            innerV6 = parseCidr(`${formatIp(lease.v6)}/128`);
+          } catch (e) {
+            // IPv6 off on this host (disable_ipv6): carry on with IPv4. No
+            // IPv6 route enters the TUN, and the kill switch drops IPv6.
+            log.warn(`no IPv6 through the circuit: ${(e as Error).message}`);
+          }
+        }
         addressed = true;
       }
       if (!routing) {
@@ -252,11 +262,12 @@ export async function clientCommand(argv: string[]): Promise<number> {
           tunName: device.name,
           guard: { host: host as string, port: Number(port) },
           mode: split.length ? { kind: 'split', cidrs: split } : { kind: 'full' },
-          ...(lease.v6 ? { innerV6: parseCidr(`${formatIp(lease.v6)}/128`) } : {}),
+          ...(innerV6 ? { innerV6 } : {}),
         });
         routing.start();
       }
-      process.stdout.write(`circuit ready: inner address ${formatIp(lease.v4)}\n`);
+      const v6 = innerV6 ? ` and ${formatIp(innerV6.address)}` : '';
+      process.stdout.write(`circuit ready: inner address ${formatIp(lease.v4)}${v6}\n`);
     },
   });
   const stopAll = () => {

@@ -77,8 +77,9 @@ export async function statusCommand(argv: string[]): Promise<number> {
     | null
     | undefined;
   if (s.role === 'client') {
-    const lease = s.lease as { v4: string } | null;
-    lines.push(`inner address ${lease ? lease.v4 : '(none yet)'}`);
+    const lease = s.lease as { v4: string; v6?: string } | null;
+    const inner = lease ? lease.v4 + (lease.v6 ? ` and ${lease.v6}` : '') : '(none yet)';
+    lines.push(`inner address ${inner}`);
     if (circuit) {
       lines.push(`circuit ${circuit.state}:`);
       circuit.hops.forEach((h, i) =>

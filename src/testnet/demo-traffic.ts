@@ -1,6 +1,6 @@
 /**
  * Traffic for the demo, run inside a namespace:
- *   serve PORT BYTES   HTTP server with BYTES of random data at /download
+ *   serve PORT BYTES   HTTP server (IPv4 and IPv6) with BYTES of random data at /download
  *   fetch URL          download, print "<bytes> <ms> <sha256>"
  *   text URL           print the body (the server's /sha is the sha256 of /download)
  */
@@ -11,13 +11,18 @@ const [cmd, a1, a2] = process.argv.slice(2);
 if (cmd === 'serve') {
   const data = randomBytes(Number(a2));
   const sum = createHash('sha256').update(data).digest('hex');
-  http
-    .createServer((req, res) => {
-      const body = req.url === '/sha' ? Buffer.from(sum) : data;
-      res.writeHead(200, { 'content-length': body.length });
-      res.end(body);
-    })
-    .listen(Number(a1), '0.0.0.0', () => console.log('ready'));
+  const server = http.createServer((req, res) => {
+    const body = req.url === '/sha' ? Buffer.from(sum) : data;
+    res.writeHead(200, { 'content-length': body.length });
+    res.end(body);
+  });
+  server.on('listening', () => console.log('ready'));
+  // IPv4 and IPv6 on one socket; IPv4 alone on a host without IPv6.
+  server.once('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EAFNOSUPPORT' && e.code !== 'EADDRNOTAVAIL') throw e;
+    server.listen(Number(a1), '0.0.0.0');
+  });
+  server.listen(Number(a1), '::');
 } else if (cmd === 'fetch') {
   const started = process.hrtime.bigint();
   http

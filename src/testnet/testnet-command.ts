@@ -48,7 +48,9 @@ export const testnetSpec: CommandSpec = {
     `          shallot relay/exit/client processes (network "${NETWORK}") that keep running after\n` +
     '          it returns, waits for the client to build a circuit guard -> middle -> exit, shows\n' +
     "          the circuit's hops and a download through it. All of the client namespace's\n" +
-    '          traffic goes through the circuit (full tunnel, kill switch on).\n' +
+    '          traffic goes through the circuit (full tunnel, kill switch on). The destination,\n' +
+    '          the exits and the client have IPv6 too (fd00:20::2 is the destination): IPv6\n' +
+    "          crosses the circuit as well, from an address of the exits' pool fd00:200::/64.\n" +
     '  status  each node: role, namespace, address, running or not, and its counters; the\n' +
     "          client's circuit and inner address.\n" +
     "  exec    runs COMMAND inside a node's namespace (NODE: client, dest, relay1, exit1, ...).\n" +
@@ -75,6 +77,7 @@ export const testnetSpec: CommandSpec = {
     'shallot testnet up',
     'shallot testnet exec client -- curl -o /dev/null http://10.20.0.2:8080/download',
     'shallot testnet exec client -- ping -c 3 10.20.0.2',
+    'shallot testnet exec client -- ping -6 -c 3 fd00:20::2',
     'shallot testnet status',
     'shallot testnet exec relay1 -- ss -uan',
     'shallot testnet down',
@@ -188,6 +191,8 @@ async function up(argv: string[]): Promise<number> {
     console.log(
       '      shallot testnet exec client -- ping -c 3 ' + url.split('/')[2]?.split(':')[0],
     );
+    const dest6 = /^http:\/\/\[([0-9a-f:]+)\]/.exec(r.doc.url6 ?? '')?.[1];
+    if (dest6) console.log(`      shallot testnet exec client -- ping -6 -c 3 ${dest6}`);
     console.log('    shallot testnet status     nodes, circuits and counters');
     console.log('    shallot testnet down       stop everything and remove the namespaces');
     console.log(`    logs and state: ${stateRoot()}/NODE/node.log`);
@@ -239,7 +244,7 @@ function counterLines(n: TestnetNode, s: Obj | null, doc: TestnetDoc): string[] 
     const lease = s.lease ? obj(s.lease) : null;
     const k = obj(s.client);
     out.push(
-      `circuit ${c ? String(c.state) : 'none (building)'}; inner address ${lease ? String(lease.v4) : '(none yet)'}`,
+      `circuit ${c ? String(c.state) : 'none (building)'}; inner address ${lease ? String(lease.v4) + (lease.v6 ? ` and ${String(lease.v6)}` : '') : '(none yet)'}`,
     );
     if (c) {
       const hops = (Array.isArray(c.hops) ? c.hops : []).map((h) => {

@@ -11,6 +11,11 @@
  *   shtn-dest    10.20.0.2   destination: HTTP on 8080 (/download, /sha)
  *   shtn-client  10.30.0.2   client: full tunnel through a circuit, kill switch on
  *
+ * The destination, the exits and the client also have IPv6 (fd00:X::2/64,
+ * the router fd00:X::1, X the same number as in 10.X): the exits lease
+ * IPv6 from POOL6 and masquerade it, so IPv6 crosses the circuit too. The
+ * links between relays stay on IPv4.
+ *
  * Everything is recorded under one fixed directory (testnet.json, and one
  * subdirectory per node with its state, log and pid file) and every
  * namespace is named shtn-*, so `down` finds it all again, also after a
@@ -36,6 +41,9 @@ export const NETWORK = 'testnet';
 export const NS_PREFIX = 'shtn-';
 export const ROUTER_NS = `${NS_PREFIX}router`;
 export const POOL = '10.200.0.0/16';
+export const POOL6 = 'fd00:200::/64';
+/** A kernel booted with ipv6.disable=1 has no IPv6 at all: the testnet is then IPv4 only. */
+const HAVE_IPV6 = fs.existsSync('/proc/net/if_inet6');
 export const LINK_PORT = 7000;
 export const DHT_PORT = 6881;
 export const HTTP_PORT = 8080;
@@ -58,6 +66,8 @@ export interface TestnetNode {
   namespace: string;
   /** Its address on the link to the router (10.X.0.2). */
   address: string;
+  /** Its IPv6 address (fd00:X::2) for the roles that have one, else null. */
+  address6?: string | null;
   gateway: string;
   subnet: string;
   /** The UDP (or, for dest, TCP) port it listens on, if any. */
@@ -80,7 +90,10 @@ export interface TestnetDoc {
   cli: string;
   router: { namespace: string };
   pool: string;
+  pool6?: string;
   url: string;
+  /** The destination's URL over IPv6 (absent in a testnet of an older version). */
+  url6?: string;
   relaysFile: string | null;
   nodes: TestnetNode[];
 }
@@ -192,6 +205,10 @@ export function plan(relays: number, exits: number): TestnetNode[] {
       role,
       namespace: `${NS_PREFIX}${name === 'bootstrap' ? 'boot' : name}`,
       address: `10.${net}.0.2`,
+      address6:
+        HAVE_IPV6 && (role === 'dest' || role === 'exit' || role === 'client')
+          ? `fd00:${net}::2`
+          : null,
       gateway: `10.${net}.0.1`,
       subnet: `10.${net}.0.0/16`,
       port,
@@ -265,7 +282,11 @@ export class TestnetBuilder {
       cli: CLI,
       router: { namespace: ROUTER_NS },
       pool: POOL,
+      ...(HAVE_IPV6 ? { pool6: POOL6 } : {}),
       url: `http://${byRole(nodes, 'dest').address}:${HTTP_PORT}/download`,
+      ...(HAVE_IPV6
+        ? { url6: `http://[${byRole(nodes, 'dest').address6 ?? ''}]:${HTTP_PORT}/download` }
+        : {}),
       relaysFile: USE_DHT ? null : path.join(root, RELAYS_FILE),
       nodes,
     };
@@ -313,13 +334,22 @@ export class TestnetBuilder {
     );
     addNamespace(ROUTER_NS);
     nsRun(ROUTER_NS, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    if (HAVE_IPV6) nsRun(ROUTER_NS, 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1']);
     const width = Math.max(...nodes.map((n) => n.namespace.length));
     for (const n of nodes) {
       addNamespace(n.namespace);
       addVeth(ROUTER_NS, n.name, `${n.gateway}/16`, n.namespace, 'eth0', `${n.address}/16`);
       nsRun(n.namespace, 'ip', ['route', 'add', 'default', 'via', n.gateway]);
+      if (n.address6) {
+        // nodad: usable at once (nothing else is on a veth pair).
+        const gw6 = n.address6.replace(/2$/, '1');
+        nsRun(ROUTER_NS, 'ip', ['-6', 'addr', 'add', `${gw6}/64`, 'dev', n.name, 'nodad']);
+        nsRun(n.namespace, 'ip', ['-6', 'addr', 'add', `${n.address6}/64`, 'dev', 'eth0', 'nodad']);
+        nsRun(n.namespace, 'ip', ['-6', 'route', 'add', 'default', 'via', gw6]);
+      }
       fs.mkdirSync(n.dir, { recursive: true, mode: 0o700 });
-      p.detail(`${n.namespace.padEnd(width)}  ${n.address.padEnd(12)}  ${describeRole(n)}`);
+      const a = `${n.address}${n.address6 ? ` ${n.address6}` : ''}`;
+      p.detail(`${n.namespace.padEnd(width)}  ${a.padEnd(24)}  ${describeRole(n)}`);
     }
 
     p.step(`creating node identities: shallot keygen --state ${stateRoot()}/NAME`);
@@ -373,8 +403,9 @@ export class TestnetBuilder {
           ...base,
           '--pool',
           POOL,
+          ...(n.address6 ? ['--pool6', POOL6] : []),
           '--allow',
-          dest.subnet,
+          dest.address6 ? `${dest.subnet},${dest.address6}/64` : dest.subnet,
           '--dev',
           'shexit0',
         ]);
@@ -438,15 +469,15 @@ export class TestnetBuilder {
       await sleep(250);
     }
     const c = st?.circuit as { hops?: { id: string; address?: Addr; exit: boolean }[] } | null;
-    const lease = st?.lease as { v4?: string } | null | undefined;
+    const lease = st?.lease as { v4?: string; v6?: string } | null | undefined;
     const hops = (c?.hops ?? []).map((h) => ({
       name: nodes.find((n) => n.id === h.id)?.name ?? '?',
       id: h.id,
       address: h.address ? `${h.address.host}:${h.address.port}` : '?',
       exit: h.exit,
     }));
-    const inner = lease?.v4 ?? '?';
-    p.step(`circuit ready: the client's inner address is ${inner}; its hops:`);
+    const inner = `${lease?.v4 ?? '?'}${lease?.v6 ? ` and ${lease.v6}` : ''}`;
+    p.step(`circuit ready: the client's inner addresses are ${inner}; its hops:`);
     hops.forEach((h, i) =>
       p.detail(
         `${i + 1}. ${h.name.padEnd(8)} ${h.address.padEnd(16)} ${h.id.slice(0, 16)}...${h.exit && i === hops.length - 1 ? '  (exit)' : ''}`,
@@ -484,6 +515,18 @@ export class TestnetBuilder {
       );
     }
     p.detail(`sha256 ${digest}: identical to the server's /sha`);
+    if (doc.url6) {
+      const sha6 = doc.url6.replace(/\/download$/, '/sha');
+      p.step(`over IPv6: ${sha6} in ${client.namespace}, through the circuit`);
+      const six = await nsExec(client.namespace, process.execPath, [TRAFFIC, 'text', sha6], 20_000);
+      if (six.code !== 0 || six.stdout.trim() !== digest) {
+        throw new NodeFailed(
+          `IPv6 through the circuit failed: ${(six.stderr || six.stdout).trim() || 'no output'}\n` +
+            `  client log ${client.log}:\n${logTail(client.log)}`,
+        );
+      }
+      p.detail(`the same sha256 over IPv6, from the exit's IPv6 address`);
+    }
     this.doc = null; // built: from here on it outlives us
     return {
       doc,
@@ -583,7 +626,7 @@ function describeRole(n: TestnetNode): string {
     case 'relay':
       return `relay, UDP ${LINK_PORT}`;
     case 'exit':
-      return `exit, UDP ${LINK_PORT}, client pool ${POOL}`;
+      return `exit, UDP ${LINK_PORT}, client pool ${POOL}${n.address6 ? ` ${POOL6}` : ''}`;
     case 'dest':
       return `destination, HTTP ${HTTP_PORT}`;
     case 'client':

@@ -20,6 +20,7 @@ const TRAFFIC = path.join(root, 'dist', 'src', 'testnet', 'demo-traffic.js');
 const STATE = fs.existsSync('/run') ? '/run/shallot-testnet' : '/tmp/shallot-testnet';
 const DEST = '10.20.0.2';
 const URL = `http://${DEST}:8080/download`;
+const DEST6 = 'fd00:20::2';
 
 const skip = e2eSkipReason(['nft', 'ping']);
 
@@ -77,6 +78,8 @@ describe('shallot testnet', { skip: skip ?? false, timeout: 180_000 }, () => {
     assert.equal(r.code, 0, show(r));
     assert.match(r.stdout, /circuit ready/, show(r));
     assert.match(r.stdout, /identical to the server's \/sha/, show(r));
+    assert.match(r.stdout, /the same sha256 over IPv6/, show(r));
+    assert.ok(r.stdout.includes(`ping -6 -c 3 ${DEST6}`), show(r));
     assert.ok(r.stdout.includes(URL), show(r));
     assert.ok(r.stdout.includes(`shallot testnet exec client -- `), show(r));
     const doc = JSON.parse(fs.readFileSync(path.join(STATE, 'testnet.json'), 'utf8')) as {
@@ -107,7 +110,11 @@ describe('shallot testnet', { skip: skip ?? false, timeout: 180_000 }, () => {
     assert.equal(r.code, 0, show(r));
     for (const name of ['relay1', 'relay2', 'relay3', 'exit1', 'dest', 'client'])
       assert.match(r.stdout, new RegExp(`^${name} .*running`, 'm'), show(r));
-    assert.match(r.stdout, /circuit ready; inner address 10\.200\.\d+\.\d+/, show(r));
+    assert.match(
+      r.stdout,
+      /circuit ready; inner address 10\.200\.\d+\.\d+ and fd00:200::[0-9a-f]+/,
+      show(r),
+    );
     assert.match(r.stdout, /hops: \S+ [\d.:]+ -> \S+ [\d.:]+ -> exit1 10\.151\.0\.2:7000/, show(r));
   });
 
@@ -140,6 +147,34 @@ describe('shallot testnet', { skip: skip ?? false, timeout: 180_000 }, () => {
     const st = await shallot(['testnet', 'status'], 30_000);
     const m = /to the internet (\d+) packets, from it (\d+)/.exec(st.stdout);
     assert.ok(m && Number(m[2]) > 1000, show(st));
+    // IPv6 crosses the circuit too: the client's IPv6 goes into the TUN, and
+    // the destination answers the exit's IPv6 address (it has no route to the pool).
+    const route6 = await shallot([
+      'testnet',
+      'exec',
+      'client',
+      '--',
+      'ip',
+      '-6',
+      'route',
+      'get',
+      DEST6,
+    ]);
+    assert.match(route6.stdout, /dev shallot0/, show(route6));
+    const ping6 = await shallot([
+      'testnet',
+      'exec',
+      'client',
+      '--',
+      'ping',
+      '-6',
+      '-c',
+      '2',
+      '-W',
+      '2',
+      DEST6,
+    ]);
+    assert.equal(ping6.code, 0, show(ping6));
     const code = await shallot(['testnet', 'exec', 'client', '--', 'sh', '-c', 'exit 3']);
     assert.equal(code.code, 3, 'the command exit code is passed on');
   });
