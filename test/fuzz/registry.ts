@@ -6,6 +6,12 @@
 import { circuitTargets } from './targets/circuit.js';
 import { addressesTarget, authTarget, closeTarget, ipPacketTarget } from './targets/codecs.js';
 import { descriptorTarget, descriptorTextTarget } from './targets/descriptor.js';
+import {
+  guardStateTarget,
+  keyAnswerTarget,
+  keyQueryTarget,
+  keyResponderTarget,
+} from './targets/discovery.js';
 import { admissionTarget, fromLinkTarget } from './targets/direct.js';
 import {
   dtlsClientTarget,
@@ -39,6 +45,11 @@ export const targets: FuzzTarget[] = [
   ...circuitTargets,
   descriptorTarget,
   descriptorTextTarget,
+  // discovery's key query, the client's guard state file
+  keyQueryTarget,
+  keyAnswerTarget,
+  keyResponderTarget,
+  guardStateTarget,
   // the TUN writer's TCP coalescing
   offloadTarget,
 ];
