@@ -138,6 +138,12 @@ export interface ClientNodeOptions {
   now?: () => number;
   /** Called when a circuit is ready (first and every later one). */
   onCircuit?: (path: Descriptor[], lease: Lease, first: boolean) => void;
+  /**
+   * Retry failed primary guards with bare links while the circuit runs
+   * through another (default true). Off where only the current guard is
+   * reachable outside the tunnel (full tunnel: kill switch, host route).
+   */
+  retryGuardLinks?: boolean;
   /** Called when the guard of the next circuit is chosen, before any traffic to it. */
   onGuard?: (guard: Descriptor) => void;
   onProgress?: (text: string) => void;
@@ -313,9 +319,18 @@ export class ClientNode {
       this.lease = null;
     }
     const session = this.session.key;
+    const probe = this.guards.lastRole === 'probe';
     this.saveGuards();
     this.options.onGuard?.(guard);
     const peer = await this.linkTo(guard);
+    if (probe) {
+      // Another sampled guard answered while every primary had failed: the
+      // network works again, so the primaries are tried first, now.
+      throw new GuardWait(
+        this.now(),
+        'a guard outside the primaries answered: retrying the primaries',
+      );
+    }
     let circId = randomInt(1, 0xffffffff);
     while (this.circuits.has(circId)) circId = randomInt(1, 0xffffffff);
     const circ = new Circuit(circId, path, peer);
@@ -667,7 +682,12 @@ export class ClientNode {
       }
     }
     const c = this.current;
-    if (c?.state === 'ready' && this.guardRetries.size === 0 && now >= this.nextGuardCheckAt) {
+    if (
+      this.options.retryGuardLinks !== false &&
+      c?.state === 'ready' &&
+      this.guardRetries.size === 0 &&
+      now >= this.nextGuardCheckAt
+    ) {
       this.nextGuardCheckAt = now + GUARD_CHECK_INTERVAL_MS;
       const relays = this.options.relays();
       const listed = updateGuards(relays, this.guards, now);

@@ -314,9 +314,12 @@ export class GuardList {
   private attempt(e: Entry, role: 'primary' | 'probe' | 'fallback', now: number): GuardChoice {
     e.lastAttemptAt = now;
     this.probeId = role === 'probe' ? e.id : null;
+    this.lastRole = role;
     return { kind: 'guard', id: e.id, role };
   }
 
+  /** What the last choice was for (a probe's link carries no circuit). */
+  lastRole: 'primary' | 'probe' | 'fallback' = 'primary';
   /** The guard last chosen as a probe: a success only says the network works. */
   private probeId: string | null = null;
 

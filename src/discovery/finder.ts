@@ -357,7 +357,13 @@ export class RelayFinder {
   describe(): object {
     return {
       cached: this.cache.size,
-      known: this.relays().map((d) => ({ id: d.id, addresses: d.addresses, exit: d.roles.exit })),
+      known: this.relays().map((d) => ({
+        id: d.id,
+        // The vetted address the client dials, then any others vetted.
+        address: d.addresses[0],
+        addresses: d.addresses,
+        exit: d.roles.exit,
+      })),
       ...this.counters,
     };
   }

@@ -9,17 +9,22 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { GUARDS_FILE, loadGuardList, saveGuardList } from '../../client/guard-store.js';
 import {
+  GUARD_ALIVE_EVIDENCE_MS,
   GUARD_DOWN_REPLACE_AFTER_MS,
   GUARD_LIFETIME_MS,
+  GUARD_RETRY_SCHEDULE_MS,
   GuardList,
   MAX_SAMPLED_GUARDS,
   N_PRIMARY_GUARDS,
   NETWORK_DOWN_RETRY_MAX_MS,
+  NETWORK_DOWN_RETRY_MIN_MS,
+  PRIMARY_GUARD_RETRY_SCHEDULE_MS,
   REMOVE_UNLISTED_GUARDS_AFTER_MS,
   retryIntervalMs,
 } from '../../client/guards.js';
@@ -255,4 +260,32 @@ test('the state persists (0600, atomically), a version 1 file is migrated, other
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('vector guard-state-v2: the constants of protocol section 7.9', () => {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const doc = fs.readFileSync(path.resolve(here, '..', '..', '..', 'docs', 'protocol.md'), 'utf8');
+  const m = /```vector guard-state-v2\n([\s\S]*?)```/.exec(doc);
+  assert.ok(m?.[1], 'docs/protocol.md has vector guard-state-v2');
+  const v: Record<string, string> = {};
+  for (const line of m[1].trim().split('\n')) {
+    const i = line.indexOf(':');
+    v[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+  }
+  const n = (k: string) => Number(v[k]);
+  assert.equal(n('n_primary_guards'), N_PRIMARY_GUARDS);
+  assert.equal(n('max_sampled_guards'), MAX_SAMPLED_GUARDS);
+  assert.equal(n('guard_lifetime_ms'), GUARD_LIFETIME_MS);
+  assert.equal(n('remove_unlisted_guards_after_ms'), REMOVE_UNLISTED_GUARDS_AFTER_MS);
+  assert.equal(n('guard_down_replace_after_ms'), GUARD_DOWN_REPLACE_AFTER_MS);
+  assert.equal(n('guard_alive_evidence_ms'), GUARD_ALIVE_EVIDENCE_MS);
+  assert.equal(n('network_down_retry_min_ms'), NETWORK_DOWN_RETRY_MIN_MS);
+  assert.equal(n('network_down_retry_max_ms'), NETWORK_DOWN_RETRY_MAX_MS);
+  const schedule = (text: string | undefined) =>
+    (text ?? '').split(' ').map((pair) => {
+      const [below, every] = pair.split(':');
+      return [below === 'inf' ? Infinity : Number(below), Number(every)];
+    });
+  assert.deepEqual(schedule(v.primary_retry_ms), PRIMARY_GUARD_RETRY_SCHEDULE_MS);
+  assert.deepEqual(schedule(v.other_retry_ms), GUARD_RETRY_SCHEDULE_MS);
 });
