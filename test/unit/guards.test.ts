@@ -139,6 +139,55 @@ test('blocking all UDP for 30 s, 5 min and 1 h, twenty times each, replaces no g
   );
 });
 
+/**
+ * The rule this replaces (main at 302afdd, client/path.ts and
+ * client-node.ts), restated: a list of at most three guards; the first one
+ * not avoided is used, else a new relay is drawn and the oldest dropped; a
+ * guard whose dial fails or whose link is lost is avoided for 60 s; when
+ * nothing is usable every avoid mark is forgotten.
+ */
+function oldRule(relays: string[], rnd: (n: number) => number): GuardAdapter {
+  const guards: string[] = [];
+  const avoid = new Map<string, number>();
+  return {
+    choose(now) {
+      for (const [id, until] of avoid) if (until <= now) avoid.delete(id);
+      const usable = relays.filter((r) => !avoid.has(r));
+      if (usable.length === 0) {
+        avoid.clear();
+        return { untilMs: now + 500 };
+      }
+      let g = guards.find((x) => !avoid.has(x));
+      if (!g) {
+        g = usable[rnd(usable.length)] as string;
+        guards.push(g);
+        if (guards.length > 3) guards.shift();
+      }
+      return { id: g };
+    },
+    onSuccess: () => undefined,
+    onFailure: (id, now) => void avoid.set(id, now + 60_000),
+    onAlive: () => undefined,
+    dueRetry: () => null,
+    sampled: () => [...guards],
+  };
+}
+
+test('under the old rule the same blocking draws new guards from the whole network', (t) => {
+  const relays = ids(30);
+  const a = oldRule(relays, seeded());
+  const { blocked, end } = outages(Array<number>(20).fill(5 * MIN), 3 * MIN);
+  runGuardSim(a, { listed: () => relays, blocked: () => false, down: () => false }, T0, T0 + MIN);
+  const before = a.sampled();
+  const r = runGuardSim(a, { listed: () => relays, blocked, down: () => false }, T0 + MIN, end);
+  const fresh = a.sampled().filter((g) => !before.includes(g)).length;
+  t.diagnostic(
+    `old rule: ${fresh} of its ${a.sampled().length} guards are new, ${r.dialled.length} relays dialled`,
+  );
+  assert.ok(fresh >= 2, 'the old rule ends with new guards');
+  assert.ok(r.dialled.length > 20, 'and dials most of the network as guards');
+});
+
 test('a guard that is down while the others work is replaced after GUARD_DOWN_REPLACE_AFTER_MS', () => {
   const relays = ids(30);
   const g = new GuardList();
