@@ -10,7 +10,14 @@
  * connections survive.
  *
  * It shows the network only a throw-away identity: a fresh Ed25519 key and
- * link certificate per run.
+ * link certificate per run, and each exit its own session key (drawn when
+ * the client first builds to that exit), so two exits cannot link one
+ * client by it.
+ *
+ * Guards follow the state machine of guards.ts: this driver reports link
+ * outcomes to it and does what it says (try a guard, or wait because the
+ * network looks down). Links to guards are not persistent dial targets:
+ * each attempt is one dial, and only the guard state decides on another.
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import {
@@ -57,15 +64,22 @@ import type { Logger } from '../src/log.js';
 import { silentLogger } from '../src/log.js';
 import { formatIp, parseIp } from '../src/net/cidr.js';
 import type { PacketDevice } from '../src/tun/device.js';
-import { GuardList, selectPath } from './path.js';
+import { loadGuardList, saveGuardList } from './guard-store.js';
+import type { GuardList } from './guards.js';
+import { GuardWait, selectPath, updateGuards } from './path.js';
 
 export const STEP_TIMEOUT_MS = 10_000;
 export const STEP_RESEND_MS = 1_000;
 export const PING_IDLE_MS = 2_000;
 /** A ready circuit from which nothing came back for this long is dead. */
 export const CIRCUIT_DEAD_MS = 8_000;
+/** Middles of a failed path are left out this long (guards follow guards.ts instead). */
 export const AVOID_FAILED_MS = 60_000;
+/** Most middles avoided at once; the oldest mark goes first. */
+export const MAX_AVOIDED = 64;
 export const CLIENT_TICK_MS = 250;
+/** How often a running client brings its guard state up to date and looks for a due retry. */
+export const GUARD_CHECK_INTERVAL_MS = 5_000;
 
 export interface Lease {
   v4: Buffer;
@@ -126,6 +140,12 @@ export interface ClientNodeOptions {
   now?: () => number;
   /** Called when a circuit is ready (first and every later one). */
   onCircuit?: (path: Descriptor[], lease: Lease, first: boolean) => void;
+  /**
+   * Retry failed primary guards with bare links while the circuit runs
+   * through another (default true). Off where only the current guard is
+   * reachable outside the tunnel (full tunnel: kill switch, host route).
+   */
+  retryGuardLinks?: boolean;
   /** Called when the guard of the next circuit is chosen, before any traffic to it. */
   onGuard?: (guard: Descriptor) => void;
   onProgress?: (text: string) => void;
@@ -144,7 +164,11 @@ export class ClientNode {
   private readonly outbox: Outbox;
   private readonly circuits = new Map<number, Circuit>();
   private current: Circuit | null = null;
-  private readonly session = randomBytes(16);
+  /** The session key shown to one exit; a new exit gets a new one. */
+  private session: { exitId: string; key: Buffer } | null = null;
+  /** Bare links to primary guards being retried while a circuit runs elsewhere. */
+  private readonly guardRetries = new Map<string, number>();
+  private nextGuardCheckAt = 0;
   private lease: Lease | null = null;
   private exitId: string | undefined;
   private readonly avoid = new Map<string, number>();
@@ -168,7 +192,7 @@ export class ClientNode {
     this.log = options.log ?? silentLogger;
     this.now = options.now ?? Date.now;
     this.exitId = options.exitId;
-    this.guards = new GuardList(options.stateDir);
+    this.guards = loadGuardList(options.stateDir, this.now(), this.log);
     this.endpoint = new LinkEndpoint({
       identity: ephemeralIdentity(),
       transport: options.transport,
@@ -239,6 +263,14 @@ export class ClientNode {
           if (this.stopped) break;
           this.counters.circuitFailures += 1;
           const msg = (e as Error).message;
+          if (e instanceof GuardWait) {
+            // The guard state says wait (network down): no new guard.
+            const ms = Math.max(500, e.untilMs - this.now());
+            this.log.warn(`no circuit: ${msg}; retrying the guards in ${Math.ceil(ms / 1000)} s`);
+            this.options.onProgress?.(`${msg}; waiting ${Math.ceil(ms / 1000)} s`);
+            await this.pause(ms);
+            continue;
+          }
           this.log.warn(`circuit build failed: ${msg}`);
           this.options.onProgress?.(`circuit build failed: ${msg}; retrying`);
           await this.pause(Math.min(500 * attempt, 5000));
@@ -260,8 +292,11 @@ export class ClientNode {
         exitId: this.exitId,
         avoid: new Set(this.avoid.keys()),
         allowSameSubnet: this.options.allowSameSubnet ?? false,
+        now,
       });
     } catch (e) {
+      this.saveGuards();
+      if (e instanceof GuardWait) throw e;
       if (this.avoid.size > 0) {
         // Every candidate was marked failed (our own network was down, so
         // every relay looked dead): forget the marks and try them again.
@@ -278,8 +313,26 @@ export class ClientNode {
     const names = path.map((d) => `${d.id.slice(0, 8)}@${d.addresses[0]?.host}`).join(' -> ');
     this.options.onProgress?.(`building circuit: ${names}`);
     const guard = path[0] as Descriptor;
+    const exitId = (path[path.length - 1] as Descriptor).id;
+    if (this.session?.exitId !== exitId) {
+      // A new exit: a new session key, never the one another exit saw.
+      this.session?.key.fill(0);
+      this.session = { exitId, key: randomBytes(16) };
+      this.lease = null;
+    }
+    const session = this.session.key;
+    const probe = this.guards.lastRole === 'probe';
+    this.saveGuards();
     this.options.onGuard?.(guard);
     const peer = await this.linkTo(guard);
+    if (probe) {
+      // Another sampled guard answered while every primary had failed: the
+      // network works again, so the primaries are tried first, now.
+      throw new GuardWait(
+        this.now(),
+        'a guard outside the primaries answered: retrying the primaries',
+      );
+    }
     let circId = randomInt(1, 0xffffffff);
     while (this.circuits.has(circId)) circId = randomInt(1, 0xffffffff);
     const circ = new Circuit(circId, path, peer);
@@ -317,11 +370,11 @@ export class ClientNode {
         this.options.onProgress?.(`  hop ${i + 1}/${path.length} ${d.id.slice(0, 16)} ready`);
       }
       // The lease: same session key, so the same address on a new circuit.
-      const leaseBody = Buffer.concat([this.session, Buffer.from([1])]);
+      const leaseBody = Buffer.concat([session, Buffer.from([1])]);
       const grant = await this.step(circ, { kind: 'relay', command: Relay.leaseGrant }, () =>
         this.sendRelay(circ, Relay.lease, leaseBody),
       );
-      if (grant.length !== LEASE_GRANT_BYTES || !grant.subarray(0, 16).equals(this.session)) {
+      if (grant.length !== LEASE_GRANT_BYTES || !grant.subarray(0, 16).equals(session)) {
         throw new Error('bad lease grant from the exit');
       }
       const v6 = grant.subarray(20, 36);
@@ -346,7 +399,7 @@ export class ClientNode {
       this.options.onCircuit?.(path, lease, first_);
     } catch (e) {
       this.close(circ, (e as Error).message, true);
-      for (const d of path.slice(1, -1)) this.avoid.set(d.id, this.now() + AVOID_FAILED_MS);
+      for (const d of path.slice(1, -1)) this.avoidMiddle(d.id);
       throw e;
     }
   }
@@ -400,23 +453,43 @@ export class ClientNode {
     });
   }
 
+  private avoidMiddle(id: string): void {
+    this.avoid.delete(id);
+    this.avoid.set(id, this.now() + AVOID_FAILED_MS);
+    if (this.avoid.size > MAX_AVOIDED) this.avoid.delete(this.avoid.keys().next().value as string);
+  }
+
+  private saveGuards(): void {
+    for (const r of this.guards.removals.splice(0)) {
+      this.log.info(`guard ${r.id.slice(0, 16)} left the sampled set (${r.reason})`);
+    }
+    if (this.guards.dirty) saveGuardList(this.options.stateDir, this.guards);
+  }
+
+  /** One dial (not a persistent target): the guard state decides on the next. */
   private linkTo(d: Descriptor): Promise<LinkPeer> {
     const find = () => this.endpoint.upPeers().find((p) => p.id === d.id);
     const existing = find();
-    if (existing) return Promise.resolve(existing);
+    if (existing) {
+      this.guards.onSuccess(d.id, this.now());
+      return Promise.resolve(existing);
+    }
     const addr = d.addresses[0];
     if (!addr) return Promise.reject(new Error('guard has no address'));
-    this.endpoint.dial(addr.host, addr.port, d.id);
+    this.endpoint.dial(addr.host, addr.port, d.id, { persistent: false });
     return new Promise((resolve, reject) => {
       const started = this.now();
       const timer = setInterval(() => {
         const p = find();
         if (p) {
           clearInterval(timer);
+          this.guards.onSuccess(d.id, this.now());
+          this.saveGuards();
           resolve(p);
         } else if (this.now() - started > STEP_TIMEOUT_MS || this.stopped) {
           clearInterval(timer);
-          this.avoid.set(d.id, this.now() + AVOID_FAILED_MS);
+          if (!this.stopped) this.guards.onFailure(d.id, this.now());
+          this.saveGuards();
           reject(
             new Error(
               `no link to guard ${addr.host}:${addr.port} within ${STEP_TIMEOUT_MS / 1000} s`,
@@ -573,7 +646,7 @@ export class ClientNode {
       this.counters.circuitFailures += 1;
       this.log.warn(`circuit lost: ${reason}; rebuilding`);
       this.options.onProgress?.(`circuit lost: ${reason}; rebuilding`);
-      for (const d of circ.path.slice(1, -1)) this.avoid.set(d.id, this.now() + AVOID_FAILED_MS);
+      for (const d of circ.path.slice(1, -1)) this.avoidMiddle(d.id);
       void this.maintain();
     }
   }
@@ -595,12 +668,47 @@ export class ClientNode {
   }
 
   private onPeerDown(peer: LinkPeer, reason: string): void {
+    if (peer.id && !this.stopped) {
+      this.guards.onFailure(peer.id, this.now());
+      this.saveGuards();
+    }
     for (const c of [...this.circuits.values()]) {
-      if (c.guard === peer) {
-        this.avoid.set(c.path[0]?.id ?? '', this.now() + AVOID_FAILED_MS);
-        this.fail(c, `link to the guard lost: ${reason}`);
+      if (c.guard === peer) this.fail(c, `link to the guard lost: ${reason}`);
+    }
+  }
+
+  /** Tell the guard state who is alive; retry a primary guard ahead of ours when due. */
+  private guardTick(now: number): void {
+    const up = this.endpoint.upPeers();
+    for (const p of up) if (p.id) this.guards.onAlive(p.id, p.lastReceivedAt);
+    for (const [id, started] of this.guardRetries) {
+      if (up.some((p) => p.id === id)) {
+        this.guardRetries.delete(id);
+        this.guards.onSuccess(id, now);
+      } else if (now - started > STEP_TIMEOUT_MS) {
+        this.guardRetries.delete(id);
+        this.guards.onFailure(id, now);
       }
     }
+    const c = this.current;
+    if (
+      this.options.retryGuardLinks !== false &&
+      c?.state === 'ready' &&
+      this.guardRetries.size === 0 &&
+      now >= this.nextGuardCheckAt
+    ) {
+      this.nextGuardCheckAt = now + GUARD_CHECK_INTERVAL_MS;
+      const relays = this.options.relays();
+      const listed = updateGuards(relays, this.guards, now);
+      const id = this.guards.dueRetry(listed, c.path[0]?.id ?? null, now);
+      const d = id ? relays.find((r) => r.id === id) : undefined;
+      const addr = d?.addresses[0];
+      if (id && addr) {
+        this.guardRetries.set(id, now);
+        this.endpoint.dial(addr.host, addr.port, id, { persistent: false });
+      }
+    }
+    this.saveGuards();
   }
 
   private tick(): void {
@@ -616,6 +724,7 @@ export class ClientNode {
       }
       this.outbox.flush();
     }
+    this.guardTick(now);
     if (!this.ready && !this.building && !this.stopped) void this.maintain();
   }
 
@@ -638,6 +747,7 @@ export class ClientNode {
           }
         : null,
       guards: this.guards.guards,
+      networkDown: this.guards.networkDown,
       client: this.counters,
       lastRejection: this.lastRejection || null,
       link: this.endpoint.describe(),

@@ -3,21 +3,19 @@
  *
  * A path is guard, middle(s), exit: distinct relays, no two in the same
  * IPv4 /16 (nor the same IPv6 /32), the exit an exit. The guard comes from
- * a small persistent list kept in the state directory (Tor's entry-guard
- * idea): a client keeps meeting the same few first hops instead of a new
- * one per circuit, which limits how often it chooses a hostile guard.
+ * persistent guard state (guards.ts, Tor's guard specification): a client
+ * keeps meeting the same few first hops instead of a new one per circuit,
+ * which limits how often it chooses a hostile guard.
  */
 import { randomInt } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import type { Descriptor } from '../src/descriptor/descriptor.js';
-import { errors } from '../src/errors.js';
+import { errors, ShallotError } from '../src/errors.js';
 import { parseIp } from '../src/net/cidr.js';
+import { GuardList, type GuardChoice } from './guards.js';
 
-export const MAX_GUARDS = 3;
+export { GuardList };
 /** At most this many relays of one IPv4 /24 (IPv6 /48) take part in a path choice. */
 export const MAX_PER_NET24 = 2;
-const GUARDS_FILE = 'guards.json';
 
 /** The network a relay counts as for diversity: its IPv4 /16 or IPv6 /32. */
 export function familyNet(d: Descriptor): string {
@@ -62,48 +60,56 @@ export interface PathOptions {
   /** Test only: allow relays in one /16. */
   allowSameSubnet: boolean;
   random?: (n: number) => number;
+  /** The clock for the guard state (ms). */
+  now?: number;
 }
 
-export class GuardList {
-  guards: string[] = [];
-
-  constructor(private readonly dir: string | null) {
-    if (!dir) return;
-    try {
-      const doc = JSON.parse(fs.readFileSync(path.join(dir, GUARDS_FILE), 'utf8')) as {
-        guards?: unknown;
-      };
-      if (Array.isArray(doc.guards)) {
-        this.guards = doc.guards
-          .filter((g): g is string => typeof g === 'string' && /^[0-9a-f]{64}$/.test(g))
-          .slice(0, MAX_GUARDS);
-      }
-    } catch {
-      /* no guards yet */
-    }
+/** No guard may be tried now (the network looks down): wait until `untilMs`. */
+export class GuardWait extends ShallotError {
+  constructor(
+    readonly untilMs: number,
+    reason: string,
+  ) {
+    super('GUARD_WAIT', 'transient', reason);
   }
+}
 
-  save(): void {
-    if (!this.dir) return;
-    const file = path.join(this.dir, GUARDS_FILE);
-    fs.writeFileSync(file, JSON.stringify({ guards: this.guards }, null, 2) + '\n', {
-      mode: 0o600,
-    });
-  }
-
-  add(id: string): void {
-    if (this.guards.includes(id)) return;
-    this.guards.push(id);
-    if (this.guards.length > MAX_GUARDS) this.guards.shift();
-    this.save();
-  }
+/**
+ * Keep the guard state's view of the relay list current (listing marks,
+ * expiry, sampling when needed) while no path is being chosen: the client
+ * calls this from its tick so that a guard gone for good is replaced even
+ * while a circuit runs.
+ */
+export function updateGuards(
+  relays: Descriptor[],
+  guards: GuardList,
+  now: number,
+  rnd: (n: number) => number = (n) => randomInt(n),
+): Set<string> {
+  const sampled = new Set(guards.guards);
+  const relaysOnly = relays.filter((r) => r.roles.relay);
+  const candidates = [
+    ...relaysOnly.filter((r) => sampled.has(r.id)),
+    ...capPerNet24(
+      relaysOnly.filter((r) => !sampled.has(r.id)),
+      rnd,
+    ),
+  ];
+  guards.update(
+    candidates.map((r) => ({ id: r.id, exit: r.roles.exit })),
+    now,
+    rnd,
+  );
+  return new Set(candidates.map((r) => r.id));
 }
 
 export function selectPath(relays: Descriptor[], guards: GuardList, o: PathOptions): Descriptor[] {
   const rnd = o.random ?? ((n: number) => randomInt(n));
-  // Chosen guards and a requested exit are exempt from the /24 cap.
-  const fresh = relays.filter((r) => !o.avoid.has(r.id));
-  const pinned = fresh.filter((r) => guards.guards.includes(r.id) || r.id === o.exitId);
+  const now = o.now ?? Date.now();
+  // The sampled guards and a requested exit are exempt from the /24 cap.
+  const sampled = new Set(guards.guards);
+  const fresh = relays.filter((r) => !o.avoid.has(r.id) || sampled.has(r.id));
+  const pinned = fresh.filter((r) => sampled.has(r.id) || r.id === o.exitId);
   const usable = [
     ...pinned,
     ...capPerNet24(
@@ -111,7 +117,8 @@ export function selectPath(relays: Descriptor[], guards: GuardList, o: PathOptio
       rnd,
     ),
   ];
-  const exits = usable.filter((r) => r.roles.exit && (!o.exitId || r.id === o.exitId));
+  const middles = usable.filter((r) => !o.avoid.has(r.id));
+  const exits = middles.filter((r) => r.roles.exit && (!o.exitId || r.id === o.exitId));
   if (exits.length === 0) {
     throw errors.badConfig(
       o.exitId
@@ -126,21 +133,30 @@ export function selectPath(relays: Descriptor[], guards: GuardList, o: PathOptio
     r.roles.relay &&
     !taken.some((t) => t.id === r.id) &&
     (o.allowSameSubnet || !nets.has(familyNet(r)));
-  // Guard: the first listed guard that fits, else a new one.
+  // Guard: from the guard state (sampled set, primaries, retries).
   const byId = new Map(usable.map((r) => [r.id, r]));
-  let guard = guards.guards.map((g) => byId.get(g)).find((r) => r && fits(r, [exit]));
-  if (!guard) {
-    const candidates = usable.filter((r) => fits(r, [exit]) && !r.roles.exit);
-    const pool = candidates.length > 0 ? candidates : usable.filter((r) => fits(r, [exit]));
-    if (pool.length === 0) throw notEnough(o);
-    guard = pool[rnd(pool.length)] as Descriptor;
-    guards.add(guard.id);
-  }
+  const candidates = usable.filter((r) => r.roles.relay);
+  if (!candidates.some((r) => fits(r, [exit]))) throw notEnough(o);
+  guards.update(
+    candidates.map((r) => ({ id: r.id, exit: r.roles.exit })),
+    now,
+    rnd,
+  );
+  const choice: GuardChoice = guards.choose(
+    new Set(candidates.map((r) => r.id)),
+    (id) => {
+      const r = byId.get(id);
+      return r !== undefined && fits(r, [exit]);
+    },
+    now,
+  );
+  if (choice.kind === 'wait') throw new GuardWait(choice.untilMs, choice.reason);
+  const guard = byId.get(choice.id) as Descriptor;
   const path = [guard];
   nets.add(familyNet(guard));
   while (path.length < o.hops - 1) {
     const taken = [...path, exit];
-    const pool = usable.filter((r) => fits(r, taken));
+    const pool = middles.filter((r) => fits(r, taken));
     if (pool.length === 0) throw notEnough(o);
     const m = pool[rnd(pool.length)] as Descriptor;
     path.push(m);

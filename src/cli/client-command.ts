@@ -225,6 +225,9 @@ export async function clientCommand(argv: string[]): Promise<number> {
     exitId,
     stateDir: dir,
     allowSameSubnet: p['allow-same-subnet'] === true,
+    // In full-tunnel mode only the current guard is reachable outside the
+    // tunnel (kill switch, host route): other guards are tried by builds.
+    retryGuardLinks: split.length > 0,
     log,
     onProgress: (text) => log.info(text),
     onGuard: (guard) => {

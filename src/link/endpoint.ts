@@ -47,7 +47,7 @@ import {
   ROLE_LISTENER,
 } from './messages.js';
 import { countPacked, type DatagramTransport } from './transport.js';
-import { encodeKeyAnswer, isKeyQuery } from '../discovery/key-query.js';
+import { isKeyQuery, KeyQueryResponder } from '../discovery/key-query.js';
 
 export type LinkState = 'handshake' | 'auth' | 'up' | 'closed';
 
@@ -196,7 +196,7 @@ export class LinkEndpoint {
   private readonly keepaliveIntervalMs: number;
   private readonly maxPeers: number;
   /** Answer to the discovery key query (listening nodes only). */
-  private readonly keyAnswer: Buffer | null;
+  private readonly keyAnswer: KeyQueryResponder | null;
 
   constructor(private readonly options: LinkEndpointOptions) {
     const dtls = loadDtls();
@@ -213,7 +213,9 @@ export class LinkEndpoint {
     this.ctx.setCookieSecrets(this.cookieSecret, null);
     this.ownCertDer = dtls.certificateDer(options.identity.link.certPem);
     this.ownId = options.identity.id;
-    this.keyAnswer = options.listen ? encodeKeyAnswer(options.identity.publicKey) : null;
+    this.keyAnswer = options.listen
+      ? new KeyQueryResponder(options.identity.publicKey, options.identity.secretKey)
+      : null;
   }
 
   /** Bind the transport and start the tick. */
@@ -311,9 +313,10 @@ export class LinkEndpoint {
   private onDatagram(data: Buffer, host: string, port: number): void {
     this.counters.rxDatagrams += 1;
     if (this.keyAnswer && isKeyQuery(data)) {
-      // Stateless, and the answer is shorter than the question.
+      // Stateless, signed within a budget, shorter than the question.
       this.counters.keyQueries += 1;
-      this.options.transport.sendOne(this.keyAnswer, host, port);
+      const answer = this.keyAnswer.respond(data, this.now());
+      if (answer) this.options.transport.sendOne(answer, host, port);
       return;
     }
     const key = peerKey(host, port);

@@ -610,7 +610,8 @@ describe('relay discovery through a private DHT', { skip: skip ?? false, timeout
       ...fs
         .readFileSync(path.join(dirOf('C'), 'relays-cache.txt'), 'utf8')
         .split('\n')
-        .map(descriptorOf)
+        // Cache v2: the text descriptor, then its vetted addresses, tab-separated.
+        .map((line) => descriptorOf(line.split('\t')[0] ?? ''))
         .filter((d) => d?.id === ids.E1)
         .map((d) => d?.published ?? 0),
     );

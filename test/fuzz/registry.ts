@@ -6,6 +6,12 @@
 import { circuitTargets } from './targets/circuit.js';
 import { addressesTarget, authTarget, closeTarget, ipPacketTarget } from './targets/codecs.js';
 import { descriptorTarget, descriptorTextTarget } from './targets/descriptor.js';
+import {
+  guardStateTarget,
+  keyAnswerTarget,
+  keyQueryTarget,
+  keyResponderTarget,
+} from './targets/discovery.js';
 import { admissionTarget, fromLinkTarget } from './targets/direct.js';
 import {
   dtlsClientTarget,
@@ -46,6 +52,11 @@ export const targets: FuzzTarget[] = [
   // the exit's handling of circuit messages and the packets in them
   exitPolicyTarget,
   exitHandlerTarget,
+  // discovery's key query, the client's guard state file
+  keyQueryTarget,
+  keyAnswerTarget,
+  keyResponderTarget,
+  guardStateTarget,
   // the TUN writer's TCP coalescing
   offloadTarget,
 ];

@@ -27,7 +27,7 @@ test('stop() while a key query waits ends the query; nothing is sent after it', 
       stateDir: null,
     });
     const query = (
-      finder as unknown as { queryKey(h: string, p: number): Promise<Buffer | null> }
+      finder as unknown as { queryKey(h: string, p: number): Promise<Buffer[] | null> }
     ).queryKey('127.0.0.1', port);
     await new Promise((r) => setTimeout(r, 50));
     finder.stop();
@@ -39,7 +39,7 @@ test('stop() while a key query waits ends the query; nothing is sent after it', 
     assert.deepEqual(uncaught, []);
     assert.equal(
       await (
-        finder as unknown as { queryKey(h: string, p: number): Promise<Buffer | null> }
+        finder as unknown as { queryKey(h: string, p: number): Promise<Buffer[] | null> }
       ).queryKey('127.0.0.1', port),
       null,
       'a query after stop() answers null at once',

@@ -28,7 +28,7 @@ function relay(host: string, exit = false): Descriptor {
 test('a path has distinct relays in distinct /16s and ends at an exit', () => {
   const relays = [relay('10.1.0.2'), relay('10.2.0.2'), relay('10.3.0.2'), relay('10.4.0.2', true)];
   for (let i = 0; i < 50; i += 1) {
-    const p = selectPath(relays, new GuardList(null), {
+    const p = selectPath(relays, new GuardList(), {
       hops: 3,
       avoid: new Set(),
       allowSameSubnet: false,
@@ -44,14 +44,14 @@ test('relays in one /16 do not make a path unless allowed for testing', () => {
   const relays = [relay('10.9.0.2'), relay('10.9.1.2'), relay('10.9.2.2', true)];
   assert.throws(
     () =>
-      selectPath(relays, new GuardList(null), {
+      selectPath(relays, new GuardList(), {
         hops: 3,
         avoid: new Set(),
         allowSameSubnet: false,
       }),
     (e: unknown) => e instanceof ShallotError && /distinct \/16/.test(e.message),
   );
-  const p = selectPath(relays, new GuardList(null), {
+  const p = selectPath(relays, new GuardList(), {
     hops: 3,
     avoid: new Set(),
     allowSameSubnet: true,
@@ -67,7 +67,7 @@ test('the guard is kept across paths', () => {
     relay('10.5.0.2'),
     relay('10.4.0.2', true),
   ];
-  const guards = new GuardList(null);
+  const guards = new GuardList();
   const first = selectPath(relays, guards, { hops: 3, avoid: new Set(), allowSameSubnet: false });
   for (let i = 0; i < 30; i += 1) {
     const p = selectPath(relays, guards, { hops: 3, avoid: new Set(), allowSameSubnet: false });

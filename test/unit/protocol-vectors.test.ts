@@ -13,9 +13,11 @@ import { parseCidr } from '../../src/net/cidr.js';
 import { networkInfoHash } from '../../src/discovery/dht-node.js';
 import {
   decodeKeyAnswer,
+  decodeKeyQuery,
   encodeKeyAnswer,
   encodeKeyQuery,
   isKeyQuery,
+  verifyKeyAnswer,
 } from '../../src/discovery/key-query.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -71,15 +73,24 @@ test('vector addresses-v1', () => {
   );
 });
 
-test('vector dht-infohash-v1 and key-query-v1', () => {
+test('vector dht-infohash-v1 and key-query-v2', () => {
   const v = vector('dht-infohash-v1');
   assert.equal(networkInfoHash(v.network ?? '').toString('hex'), v.infohash);
   assert.equal(networkInfoHash(v.network2 ?? '').toString('hex'), v.infohash2);
-  const k = vector('key-query-v1');
-  assert.equal(encodeKeyQuery().toString('hex'), k.query);
-  assert.equal(encodeKeyAnswer(hex(k.public_key)).toString('hex'), k.answer);
+  const k = vector('key-query-v2');
+  const seed = hex(k.seed);
+  const pk = Buffer.alloc(32);
+  const sk = Buffer.alloc(64);
+  sodium.crypto_sign_seed_keypair(pk, sk, seed);
+  assert.equal(pk.toString('hex'), k.public_key);
+  const nonce = hex(k.nonce);
+  assert.equal(encodeKeyQuery(nonce).toString('hex'), k.query);
+  assert.equal(encodeKeyAnswer(pk, sk, nonce).toString('hex'), k.answer);
   assert.ok(isKeyQuery(hex(k.query)));
-  assert.deepEqual(decodeKeyAnswer(hex(k.answer)), hex(k.public_key));
-  assert.equal(decodeKeyAnswer(hex(k.answer).subarray(0, 36)), null);
-  assert.equal(isKeyQuery(hex(k.query).subarray(0, 63)), false);
+  assert.deepEqual(decodeKeyQuery(hex(k.query)), nonce);
+  assert.deepEqual(verifyKeyAnswer(hex(k.answer), nonce), pk);
+  assert.deepEqual(decodeKeyAnswer(hex(k.answer))?.publicKey, pk);
+  assert.equal(verifyKeyAnswer(hex(k.answer), Buffer.alloc(32)), null, 'another nonce');
+  assert.equal(decodeKeyAnswer(hex(k.answer).subarray(0, 100)), null);
+  assert.equal(isKeyQuery(hex(k.query).subarray(0, 127)), false);
 });
