@@ -120,7 +120,8 @@ test('a relay listed at a black hole first and at its vetted address second: the
     for (let i = 0; i < 3; i += 1) {
       const id = ephemeralIdentity();
       const transport = new UdpTransport('127.0.0.1', 0);
-      const node = new RelayNode({ identity: id, transport });
+      // Loopback relays: extends to 127.0.0.1 must be allowed (protocol 7.4.2).
+      const node = new RelayNode({ identity: id, transport, allowPrivateExtend: true });
       nodes.push(node);
       const exit = i === 2;
       if (exit) {
