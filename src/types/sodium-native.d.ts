@@ -25,4 +25,7 @@ declare module 'sodium-native' {
   ): void;
   export function crypto_onetimeauth(out: Buffer, input: Buffer, k: Buffer): void;
   export function crypto_onetimeauth_verify(h: Buffer, input: Buffer, k: Buffer): boolean;
+  /** BLAKE2b of `input` into `out` (16 to 64 bytes), keyed by `key` (16 to 64 bytes) if given. */
+  export function crypto_generichash(out: Buffer, input: Buffer, key?: Buffer): void;
+  export function sodium_memcmp(a: Buffer, b: Buffer): boolean;
 }
