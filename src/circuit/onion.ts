@@ -2,16 +2,19 @@
  * Onion layers of circuit cells (docs/protocol.md, "Onion layers").
  *
  * Forward (client to exit): every hop authenticates and decrypts its own
- * layer and keeps the cell size constant by appending 48 bytes of its own
+ * layer and keeps the cell size constant by appending 40 bytes of its own
  * keystream, which the client computed in advance (the filler technique
  * of the Sphinx packet format). A relay that changes a cell it forwards
  * is caught by the next hop's tag, so a guard cannot tag a cell for a
  * colluding exit to see.
  *
- *   hop cell (S bytes):  nonce N [24] | tag T [16] | C [S-40]
- *   polykey = XChaCha20(Kf, N) block 0, first 32 bytes
+ *   hop cell (S bytes):  nonce N [16] | tag T [16] | C [S-32]
+ *   polykey = XChaCha20(Kf, N || 0^8) block 0, first 32 bytes
  *   T = Poly1305(polykey, C)
- *   (C || 0^48) XOR XChaCha20(Kf, N, from block 1) = seq [8] | next cell [S]
+ *   (C || 0^40) XOR XChaCha20(Kf, N || 0^8, from block 1) = seq [8] | next cell [S]
+ *
+ * The 16-byte random N is XChaCha20's HChaCha20 input: each cell gets its
+ * own subkey, and the ChaCha20 nonce after it is the constant 0^8.
  *
  * Backward (toward the client): the hop that originates a cell (always
  * the last hop of the circuit) seals it; every hop on the way adds a
@@ -31,7 +34,8 @@
 import { createCipheriv, createDecipheriv, type Cipher, type Decipher } from 'node:crypto';
 import sodium from 'sodium-native';
 
-export const NONCE_BYTES = 24;
+/** A forward layer's random nonce N; the XChaCha20 nonce is N || 0^8. */
+export const NONCE_BYTES = 16;
 export const TAG_BYTES = 16;
 export const SEQ_BYTES = 8;
 /** What one forward layer costs: nonce, tag, sequence number. */
@@ -89,6 +93,8 @@ export class HopKeys {
 
 // Bytes 16-24 are never written: the zero half of a backward nonce X || 0^8.
 const nonce24 = Buffer.alloc(24);
+// The same for a forward nonce N || 0^8.
+const fwdNonce = Buffer.alloc(24);
 
 /**
  * Every stream call covers a whole number of STREAM_RUN bytes, computing
@@ -235,14 +241,14 @@ export function peelForward(
 ): number {
   if (size < FORWARD_HOP_OVERHEAD + 8 || off < 0 || off + size > cell.length) return 0;
   if (scratch.length < size + 8) return 0;
-  const n = cell.subarray(off, off + NONCE_BYTES);
+  cell.copy(fwdNonce, 0, off, off + NONCE_BYTES);
   const tag = cell.subarray(off + NONCE_BYTES, off + NONCE_BYTES + TAG_BYTES);
   const c = cell.subarray(off + NONCE_BYTES + TAG_BYTES, off + size);
   workFor(size);
   const end = HEAD + size + 8;
   c.copy(workIn, HEAD);
   workIn.fill(0, HEAD + c.length, end);
-  streamFromBlock0(workOut, workIn, end, n, keys.forward);
+  streamFromBlock0(workOut, workIn, end, fwdNonce, keys.forward);
   if (!sodium.crypto_onetimeauth_verify(tag, c, keyOut)) return 0;
   workOut.copy(scratch, 0, HEAD, end);
   const seq = readSeq(scratch, 0);
@@ -273,17 +279,17 @@ export function wrapForward(
   // Work buffers are module-level and reused: no allocation per cell on
   // the client's hot path (the process is single-threaded).
   const nonces = wrapNonces;
-  for (let i = 0; i < n; i += 1) random(nonces[i]!);
+  for (let i = 0; i < n; i += 1) random(wrapNonceHeads[i]!);
   // Filler: what hops 1..n-1 append, as the last hop will see it.
   let phi = phiA;
   let phiLen = 0;
   for (let h = 1; h < n; h += 1) {
-    const seg = keystream(hops[h - 1]!.forward, nonces[h - 1]!, 8 + size - 48 * h, 48 * h);
+    const seg = keystream(hops[h - 1]!.forward, nonces[h - 1]!, 8 + size - F * h, F * h);
     const next = phi === phiA ? phiB : phiA;
     for (let j = 0; j < phiLen; j += 1) next[j] = phi[j]! ^ seg[j]!;
     seg.copy(next, phiLen, phiLen);
     phi = next;
-    phiLen = 48 * h;
+    phiLen = F * h;
   }
   const cLen = size - NONCE_BYTES - TAG_BYTES;
   // The last hop's layer, m = workIn[HEAD, HEAD+cLen): seq, payload,
@@ -305,15 +311,19 @@ export function wrapForward(
   workOut.copy(out, 0, CELL_AT, CELL_AT + size);
 }
 
-const wrapNonces = Array.from({ length: MAX_WRAP_HOPS }, () => Buffer.alloc(NONCE_BYTES));
-const phiA = Buffer.alloc(48 * MAX_WRAP_HOPS);
-const phiB = Buffer.alloc(48 * MAX_WRAP_HOPS);
-const ksTmp = Buffer.alloc(roundRun(64 + 48 * MAX_WRAP_HOPS));
+const F = FORWARD_HOP_OVERHEAD;
+/** XChaCha20 nonces N || 0^8; wrapNonceHeads are their N parts, for `random`. */
+const wrapNonces = Array.from({ length: MAX_WRAP_HOPS }, () => Buffer.alloc(24));
+const wrapNonceHeads = wrapNonces.map((b) => b.subarray(0, NONCE_BYTES));
+const phiA = Buffer.alloc(F * MAX_WRAP_HOPS);
+const phiB = Buffer.alloc(F * MAX_WRAP_HOPS);
+const ksTmp = Buffer.alloc(roundRun(64 + F * MAX_WRAP_HOPS));
 
 /**
  * Seal m = workIn[HEAD, HEAD+cLen) into the cell N | T | C at
  * workOut[CELL_AT, ...), the last `tailLen` bytes of C replaced by `tail`.
- * The nonce goes in last: it overwrites the end of the Poly1305 key.
+ * The nonce N (without its 0^8) goes in last, between the Poly1305 key
+ * and the tag.
  */
 function sealForwardLayer(
   keys: HopKeys,
@@ -325,7 +335,7 @@ function sealForwardLayer(
   streamFromBlock0(workOut, workIn, HEAD + cLen, nonce, keys.forward);
   if (tailLen > 0) tail.copy(workOut, HEAD + cLen - tailLen, 0, tailLen);
   sodium.crypto_onetimeauth(wrapTag, workOut.subarray(HEAD, HEAD + cLen), keyOut);
-  nonce.copy(workOut, CELL_AT);
+  nonce.copy(workOut, CELL_AT, 0, NONCE_BYTES);
 }
 
 // --- backward ---------------------------------------------------------------

@@ -47,6 +47,7 @@ import {
   HOP_KEY_BYTES,
   HopKeys,
   layerBackward,
+  NONCE_BYTES,
   PaddingSource,
   peelForward,
   sealBackward,
@@ -158,8 +159,8 @@ test('vector circuit-create-v1: ntor with a 32-byte id, as CREATE and CREATED ca
   });
 });
 
-test('vector onion-forward-v1: the client wraps, hop 1 peels and forwards, hop 2 reads', () => {
-  const v = vector('onion-forward-v1');
+test('vector onion-forward-v2: the client wraps, hop 1 peels and forwards, hop 2 reads', () => {
+  const v = vector('onion-forward-v2');
   const size = num(v, 'size');
   const k1 = hex(v, 'hop1_key_material');
   const k2 = hex(v, 'hop2_key_material');
@@ -188,10 +189,19 @@ test('vector onion-forward-v1: the client wraps, hop 1 peels and forwards, hop 2
   assert.equal(scratch[0]! & SEQ_FLAG_FOR_THIS_HOP, 0);
   const forwarded = Buffer.from(scratch.subarray(8, 8 + size));
   assert.equal(forwarded.toString('hex'), field(v, 'hop1_forwards'));
-  assert.equal(forwarded.subarray(0, 24).toString('hex'), field(v, 'hop2_nonce'));
-  // Its last 48 bytes are the filler: what hop 1 appended, which the client
+  assert.equal(forwarded.subarray(0, NONCE_BYTES).toString('hex'), field(v, 'hop2_nonce'));
+  // Its last 40 bytes are the filler: what hop 1 appended, which the client
   // had already put under hop 2's tag.
   assert.equal(forwarded.subarray(size - FORWARD_HOP_OVERHEAD).toString('hex'), field(v, 'filler'));
+  // Checked independently of onion.ts: hop 1 appends its own keystream
+  // Z(Kf_1, N_1 || 0^8)[64+S-32, 64+S+8), straight from libsodium.
+  const z = Buffer.alloc(64 + size + 8);
+  sodium.crypto_stream_xchacha20(
+    z,
+    Buffer.concat([hex(v, 'hop1_nonce'), Buffer.alloc(8)]),
+    k1.subarray(0, 32),
+  );
+  assert.equal(z.subarray(64 + size - 32).toString('hex'), field(v, 'filler'));
 
   // Hop 2 verifies too and reads the relay message.
   assert.equal(peelForward(new HopKeys(k2), forwarded, 0, size, scratch), num(v, 'hop2_seq'));
@@ -215,7 +225,7 @@ test('vector onion-forward-v1: the client wraps, hop 1 peels and forwards, hop 2
   assert.equal(peelForward(new HopKeys(k2), cell, 0, size, Buffer.alloc(size + 8)), 0);
   assert.equal(peelForward(new HopKeys(k1), forwarded, 0, size, Buffer.alloc(size + 8)), 0);
   // A flipped bit anywhere in what hop 1 forwards is caught by hop 2.
-  for (const pos of [0, 23, 24, 39, 40, 200, size - 48, size - 1]) {
+  for (const pos of [0, 15, 16, 31, 32, 39, 40, 200, size - 40, size - 1]) {
     const tagged = Buffer.from(forwarded);
     tagged[pos]! ^= 0x01;
     assert.equal(
@@ -296,13 +306,14 @@ test('vector relay-extend-v1: EXTEND body and relay message', () => {
   assert.equal(decodeExtend(zeroPort, 0, zeroPort.length), null);
 });
 
-test('vector circuit-sizes-v1: the size arithmetic of section 8', () => {
-  const v = vector('circuit-sizes-v1');
+test('vector circuit-sizes-v2: the size arithmetic of section 8', () => {
+  const v = vector('circuit-sizes-v2');
   assert.equal(num(v, 'link_datagram'), LINK_DATAGRAM_BYTES);
   assert.equal(num(v, 'link_message'), LINK_MESSAGE_BYTES);
   assert.equal(num(v, 'cell_large'), CELL_LARGE);
   assert.equal(num(v, 'cell_small'), CELL_SMALL);
   assert.equal(num(v, 'cell_large'), num(v, 'link_message') - 1 - 4);
+  assert.equal(num(v, 'forward_nonce'), NONCE_BYTES);
   assert.equal(num(v, 'forward_hop_overhead'), FORWARD_HOP_OVERHEAD);
   assert.equal(num(v, 'max_hops'), MAX_HOPS);
   assert.equal(num(v, 'forward_capacity_large'), forwardCapacity(CELL_LARGE, MAX_HOPS));
@@ -313,6 +324,10 @@ test('vector circuit-sizes-v1: the size arithmetic of section 8', () => {
   assert.equal(num(v, 'circuit_mtu'), CIRCUIT_MTU);
   assert.equal(num(v, 'circuit_mtu'), num(v, 'forward_capacity_large') - num(v, 'relay_header'));
   assert.equal(num(v, 'replay_window'), REPLAY_WINDOW_SIZE);
+  // IPv6 needs a link MTU of at least 1280 (RFC 8200 section 5): a TUN
+  // device of the circuit MTU must be able to carry it at MAX_HOPS.
+  assert.ok(CIRCUIT_MTU >= num(v, 'ipv6_min_mtu'), `circuit MTU ${CIRCUIT_MTU} >= 1280`);
+  assert.equal(num(v, 'ipv6_min_mtu'), 1280);
   // The link message types of section 7.1.
   assert.deepEqual(
     [MSG_CREATE, MSG_CREATED, MSG_DESTROY, MSG_FORWARD, MSG_BACKWARD],

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import sodium from 'sodium-native';
 import {
   backwardCapacity,
+  FORWARD_HOP_OVERHEAD,
   forwardCapacity,
   HOP_KEY_BYTES,
   HopKeys,
@@ -224,16 +225,17 @@ test('every cell size agrees with a two-call reference, forward and backward', (
   const { client, relays } = circuit(2);
   const pad = new PaddingSource();
   const polyKey = Buffer.alloc(32);
-  for (let size = 2 * 48 + 8; size <= 2048; size += 1) {
+  for (let size = 2 * FORWARD_HOP_OVERHEAD + 8; size <= 2048; size += 1) {
     const payload = randomBytes(size % (forwardCapacity(size, 2) + 1));
     const cell = Buffer.alloc(size);
     wrapForward(client, [size, size + 1], payload, size, cell, pad);
     // Hop 1 by the reference.
-    const n = cell.subarray(0, 24);
-    const c = cell.subarray(40, size);
+    // The XChaCha20 nonce is the cell's 16-byte N followed by 8 zero bytes.
+    const n = Buffer.concat([cell.subarray(0, 16), Buffer.alloc(8)]);
+    const c = cell.subarray(32, size);
     sodium.crypto_stream_xchacha20(polyKey, n, client[0]!.forward);
-    assert.ok(sodium.crypto_onetimeauth_verify(cell.subarray(24, 40), c, polyKey), `size ${size}`);
-    const d = Buffer.concat([c, Buffer.alloc(48)]);
+    assert.ok(sodium.crypto_onetimeauth_verify(cell.subarray(16, 32), c, polyKey), `size ${size}`);
+    const d = Buffer.concat([c, Buffer.alloc(40)]);
     sodium.crypto_stream_xchacha20_xor_ic(d, d, n, 1, client[0]!.forward);
     const scratch = Buffer.alloc(size + 8);
     assert.equal(peelForward(relays[0]!, cell, 0, size, scratch), size, `size ${size}`);
@@ -282,7 +284,7 @@ test('default randomness: no nonce or X repeats across many pool refills', () =>
   const cell = Buffer.alloc(400);
   for (let k = 0; k < 1000; k += 1) {
     wrapForward(client, [k + 1, k + 1, k + 1], Buffer.alloc(0), 400, cell, pad);
-    seen.add(cell.toString('hex', 0, 24));
+    seen.add(cell.toString('hex', 0, 16));
     sealBackward(relays[2]!, k + 1, Buffer.alloc(0), 400, cell);
     seen.add(cell.toString('hex', 0, 16));
   }
