@@ -23,11 +23,10 @@ import {
   isCellSize,
   Relay,
 } from '../src/circuit/cells.js';
+import { RelayHopKeys } from '../src/circuit/circuit-keys.js';
 import {
   HOP_KEY_BYTES,
-  HopKeys,
   layerBackward,
-  peelForward,
   sealBackward,
   SEQ_FLAG_FOR_THIS_HOP,
 } from '../src/circuit/onion.js';
@@ -65,7 +64,8 @@ export interface RelayCircuit {
   prevId: number;
   next: LinkPeer | null;
   nextId: number;
-  keys: HopKeys;
+  /** Forward keys through their epochs, backward keys (protocol 8.10). */
+  keys: RelayHopKeys;
   window: ReplayWindow;
   created: Buffer;
   backwardSeq: number;
@@ -256,7 +256,8 @@ export class RelayNode {
       this.counters.drops.unknownCircuit += 1;
       return;
     }
-    const seq = peelForward(circ.keys, buf, o + 4, size, this.scratch);
+    const now = this.now();
+    const seq = circ.keys.peel(buf, o + 4, size, this.scratch, now);
     if (seq === 0) {
       this.counters.drops.badTag += 1;
       return;
@@ -265,7 +266,7 @@ export class RelayNode {
       this.counters.drops.replay += 1;
       return;
     }
-    circ.lastActivity = this.now();
+    circ.lastActivity = now;
     const forMe = (this.scratch[0] as number) & SEQ_FLAG_FOR_THIS_HOP;
     if (circ.next && !forMe) {
       this.outbox.add(circ.next, MSG_FORWARD, circ.nextId, this.scratch, 8, size);
@@ -306,7 +307,7 @@ export class RelayNode {
       this.counters.drops.replay += 1;
       return;
     }
-    layerBackward(circ.keys, buf, o + 4, size);
+    layerBackward(circ.keys.backward, buf, o + 4, size);
     circ.lastActivity = this.now();
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, buf, o + 4, size);
     this.counters.cellsOut += 1;
@@ -328,7 +329,7 @@ export class RelayNode {
     const size = backwardCellSize(msg.length);
     circ.backwardSeq += 1;
     circ.lastActivity = this.now();
-    sealBackward(circ.keys, circ.backwardSeq, msg, size, this.cellOut);
+    sealBackward(circ.keys.backward, circ.backwardSeq, msg, size, this.cellOut);
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, this.cellOut, 0, size);
     this.counters.cellsOut += 1;
   }
@@ -390,7 +391,7 @@ export class RelayNode {
       prevId: m.circId,
       next: null,
       nextId: 0,
-      keys: new HopKeys(r.keys),
+      keys: new RelayHopKeys(r.keys, this.now()),
       window: new ReplayWindow(),
       created,
       backwardSeq: 0,
@@ -576,11 +577,12 @@ export class RelayNode {
     this.outbox.flush();
   }
 
-  /** Retransmit CREATEs, time out extends, free idle circuits. */
+  /** Retransmit CREATEs, time out extends, free idle circuits, erase keys whose time is up. */
   tick(): void {
     const now = this.now();
     for (const table of [...this.byPrev.values()]) {
       for (const circ of [...table.values()]) {
+        circ.keys.advance(now);
         const ext = circ.extend;
         if (ext && !ext.done) {
           if (now - ext.createdAt > EXTEND_TIMEOUT_MS) {

@@ -55,6 +55,14 @@ export function backwardCapacity(size: number): number {
   return size - BACKWARD_OVERHEAD;
 }
 
+/**
+ * What a forward layer needs: Kf. HopKeys has it; so has the key of one
+ * epoch (key-epochs.ts), which changes while the circuit lives.
+ */
+export interface ForwardLayerKeys {
+  readonly forward: Buffer;
+}
+
 /** The keys one hop shares with the client. */
 export class HopKeys {
   readonly forward: Buffer;
@@ -233,7 +241,7 @@ function keystream(key: Buffer, nonce: Buffer, offset: number, len: number): Buf
  * counted by the caller).
  */
 export function peelForward(
-  keys: HopKeys,
+  keys: ForwardLayerKeys,
   cell: Buffer,
   off: number,
   size: number,
@@ -264,7 +272,7 @@ export function peelForward(
  * plaintext is filled from `padding`.
  */
 export function wrapForward(
-  hops: HopKeys[],
+  hops: ForwardLayerKeys[],
   seqs: number[],
   payload: Buffer,
   size: number,
@@ -326,7 +334,7 @@ const ksTmp = Buffer.alloc(roundRun(64 + F * MAX_WRAP_HOPS));
  * and the tag.
  */
 function sealForwardLayer(
-  keys: HopKeys,
+  keys: ForwardLayerKeys,
   nonce: Buffer,
   cLen: number,
   tail: Buffer,
