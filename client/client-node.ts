@@ -31,6 +31,8 @@ import {
 } from '../src/circuit/cells.js';
 import { backwardKeysOf, ClientHopKeys, forwardKeysFor } from '../src/circuit/circuit-keys.js';
 import {
+  BACKWARD_BODY_AT,
+  backwardCapacity,
   HOP_KEY_BYTES,
   type ForwardLayerKeys,
   type HopKeys,
@@ -522,7 +524,7 @@ export class ClientNode {
     }
     circ.lastHeard = this.now();
     circ.cellsIn += 1;
-    const m = decodeRelay(buf, o + 40, size - 40);
+    const m = decodeRelay(buf, o + BACKWARD_BODY_AT, backwardCapacity(size));
     if (!m) return;
     if (m.command === Relay.data) {
       if (circ !== this.current) return;

@@ -25,6 +25,7 @@ import {
 } from '../src/circuit/cells.js';
 import { RelayHopKeys } from '../src/circuit/circuit-keys.js';
 import {
+  backwardCapacity,
   HOP_KEY_BYTES,
   layerBackward,
   sealBackward,
@@ -56,8 +57,6 @@ export const CREATE_RESEND_MS = 1_000;
 export const RELAY_TICK_MS = 500;
 /** EXTENDs waiting for a link to come up, at most (each may cost a DTLS handshake). */
 export const MAX_EXTEND_TARGETS = 512;
-/** Backward X values remembered per circuit: a repeated X is dropped (no marking through a hop). */
-export const BACKWARD_X_MEMORY = 1024;
 
 export interface RelayCircuit {
   prev: LinkPeer;
@@ -73,22 +72,12 @@ export interface RelayCircuit {
   extend: ExtendState | null;
   /** For the exit: the session bound to this circuit. */
   exitContext: unknown;
-  /** Recent backward X values (48-bit prefixes) and the ring that bounds them. */
-  seenX: Set<number>;
-  seenXRing: number[];
-  seenXPos: number;
-}
-
-function rememberX(circ: RelayCircuit, x: number): boolean {
-  if (circ.seenX.has(x)) return false;
-  if (circ.seenXRing.length < BACKWARD_X_MEMORY) circ.seenXRing.push(x);
-  else {
-    circ.seenX.delete(circ.seenXRing[circ.seenXPos] as number);
-    circ.seenXRing[circ.seenXPos] = x;
-    circ.seenXPos = (circ.seenXPos + 1) % BACKWARD_X_MEMORY;
-  }
-  circ.seenX.add(x);
-  return true;
+  /**
+   * Backward cells this hop has forwarded on the circuit: the counter its
+   * backward layers are keyed by (docs/protocol.md section 8.5), never
+   * repeated, so nothing a later hop sends survives this hop's layer.
+   */
+  backwardForwarded: number;
 }
 
 interface ExtendState {
@@ -301,13 +290,13 @@ export class RelayNode {
       this.counters.drops.unknownCircuit += 1;
       return;
     }
-    // A repeated X (a replayed or deliberately repeated backward cell)
-    // would reach the next hops with an equal X: drop it here.
-    if (!rememberX(circ, buf.readUIntBE(o + 4, 6))) {
-      this.counters.drops.replay += 1;
+    // No filter on what the next hop sends: the layer depends only on this
+    // hop's counter, so a repeated cell comes out unrelated to the first.
+    circ.backwardForwarded += 1;
+    if (!layerBackward(circ.keys.backward, circ.backwardForwarded, buf, o + 4, size)) {
+      this.counters.drops.badCell += 1;
       return;
     }
-    layerBackward(circ.keys.backward, buf, o + 4, size);
     circ.lastActivity = this.now();
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, buf, o + 4, size);
     this.counters.cellsOut += 1;
@@ -321,7 +310,7 @@ export class RelayNode {
     off = 0,
     len = body.length,
   ): void {
-    if (3 + len > this.msgOut.length) return;
+    if (3 + len > backwardCapacity(CELL_SIZES[1])) return;
     const msg = this.msgOut.subarray(0, 3 + len);
     msg[0] = command;
     msg.writeUInt16BE(len, 1);
@@ -398,9 +387,7 @@ export class RelayNode {
       lastActivity: this.now(),
       extend: null,
       exitContext: undefined,
-      seenX: new Set(),
-      seenXRing: [],
-      seenXPos: 0,
+      backwardForwarded: 0,
     };
     r.keys.fill(0);
     if (!table) {

@@ -15,15 +15,15 @@
  * Decoders check sizes first and return null on malformed input.
  */
 import { LINK_MESSAGE_BYTES } from '../link/constants.js';
-import { backwardCapacity, forwardCapacity } from './onion.js';
+import { backwardCapacity, forwardCapacity, MAX_HOPS } from './onion.js';
 
 /** Cell sizes: a small one for acknowledgements and control, a full one. */
 export const CELL_SMALL = 400;
 /** Link message minus type byte and circuit id. */
 export const CELL_LARGE = LINK_MESSAGE_BYTES - 1 - 4;
 export const CELL_SIZES = [CELL_SMALL, CELL_LARGE] as const;
-/** Circuits are built for at most this many hops; the MTU assumes it. */
-export const MAX_HOPS = 3;
+/** Circuits are built for at most this many hops; the MTU and the backward tail assume it. */
+export { MAX_HOPS };
 export const RELAY_HEADER_BYTES = 3;
 /** Largest IP packet a circuit carries (both directions). */
 export const CIRCUIT_MTU = forwardCapacity(CELL_LARGE, MAX_HOPS) - RELAY_HEADER_BYTES;

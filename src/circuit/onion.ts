@@ -18,16 +18,24 @@
  *
  * Backward (toward the client): the hop that originates a cell (always
  * the last hop of the circuit) seals it; every hop on the way adds a
- * length-preserving layer and re-keys the cell's nonce with a keyed
- * permutation (AES-128 on one block), so that no byte pattern is common to
- * two links. The client removes the layers and checks the origin's tag and
- * sequence number.
+ * layer whose header and keystream come from its own backward counter c,
+ * which never repeats, and not from anything in the cell it received. The
+ * hop carries the incoming 16-byte header inside its layer and pushes the
+ * last 16 bytes of the cell out, so the cell keeps its size; the origin
+ * leaves 16 * (MAX_HOPS - 1) bytes of keystream after its tagged part for
+ * that. Whatever a downstream hop puts in a cell (a repeated X, equal
+ * bodies, chosen differences), an honest hop one-time-pads it under a
+ * keystream no cell shared before. The client inverts each header, checks
+ * its 8 zero bytes, and removes the layers, then checks the origin's tag
+ * and sequence number.
  *
  *   cell (S bytes): X [16] | B [S-16]
- *   origin:     X random; nonce = X || 0^8; B = T [16] | C [S-32],
- *               C = (seq [8] | body) XOR XChaCha20(Kb, nonce, from block 1),
- *               T = Poly1305(XChaCha20(Kb, nonce) block 0, C)
- *   forwarder:  X' = AES-128(Kx, X); B' = B XOR XChaCha20(Kb, X' || 0^8)
+ *   origin:     X random; nonce = X || 0^8;
+ *               B = T [16] | C [S-32-TAIL] | R [TAIL],   TAIL = 16 * (MAX_HOPS - 1)
+ *               C || R = (seq [8] | body | 0...) XOR XChaCha20(Kb_o, nonce, from block 1),
+ *               T = Poly1305(XChaCha20(Kb_o, nonce) block 0, C)
+ *   forwarder:  X' = AES-128(Kx, u64(c) || 0^8);  c = 1, 2, ... per circuit
+ *               B' = cell[0, S-16) XOR XChaCha20(Kb_f, X' || 0^8)   (= X || B minus its last 16)
  *
  * Each function here is pure: bytes in, bytes out, no I/O and no clock.
  */
@@ -41,16 +49,29 @@ export const SEQ_BYTES = 8;
 /** What one forward layer costs: nonce, tag, sequence number. */
 export const FORWARD_HOP_OVERHEAD = NONCE_BYTES + TAG_BYTES + SEQ_BYTES;
 export const BACKWARD_X_BYTES = 16;
-/** X, tag and sequence number of a backward cell. */
-export const BACKWARD_OVERHEAD = BACKWARD_X_BYTES + TAG_BYTES + SEQ_BYTES;
+/**
+ * The protocol's longest path (cells.ts re-exports it): the circuit MTU
+ * is computed for it, and the origin of a backward cell leaves room for
+ * MAX_HOPS - 1 forwarding hops to push 16 bytes each out of the cell.
+ */
+export const MAX_HOPS = 3;
+/** Keystream the origin leaves after its tagged part, for the forwarders to push out. */
+export const BACKWARD_TAIL_BYTES = BACKWARD_X_BYTES * (MAX_HOPS - 1);
+/** X, tag, sequence number and tail of a backward cell. */
+export const BACKWARD_OVERHEAD = BACKWARD_X_BYTES + TAG_BYTES + SEQ_BYTES + BACKWARD_TAIL_BYTES;
+/** Where the client finds the relay message in a backward cell unwrapBackward opened. */
+export const BACKWARD_BODY_AT = BACKWARD_X_BYTES + TAG_BYTES + SEQ_BYTES;
 /** Key material per hop from the handshake: Kf, Kb, Kx. */
 export const HOP_KEY_BYTES = 32 + 32 + 16;
+/** A forwarding hop's backward counter stays below this (it is exact as a number). */
+export const MAX_BACKWARD_COUNTER = Number.MAX_SAFE_INTEGER;
 
 /** Forward payload capacity of a cell of `size` bytes through `hops` hops. */
 export function forwardCapacity(size: number, hops: number): number {
   return size - FORWARD_HOP_OVERHEAD * hops;
 }
 
+/** Backward relay-message capacity of a cell of `size` bytes, whatever the path length. */
 export function backwardCapacity(size: number): number {
   return size - BACKWARD_OVERHEAD;
 }
@@ -63,39 +84,54 @@ export interface ForwardLayerKeys {
   readonly forward: Buffer;
 }
 
-/** The keys one hop shares with the client. */
+/**
+ * The keys one hop shares with the client, each used for one purpose only
+ * (docs/protocol.md section 8.5). Everything a layer needs from the
+ * handshake is here, so that a later key schedule (epochs) can replace
+ * what this holds without touching the layer code.
+ */
 export class HopKeys {
+  /** Kf: the hop's forward layer. */
   readonly forward: Buffer;
-  readonly backward: Buffer;
-  private readonly prpEnc: Cipher;
-  private readonly prpDec: Decipher;
+  /** Kb_o: seals backward cells this hop originates. */
+  readonly backwardOrigin: Buffer;
+  /** Kb_f: the layer this hop adds to backward cells it forwards. */
+  readonly backwardForward: Buffer;
+  /** Kx: the header permutation of forwarded backward cells. */
+  private readonly headerEnc: Cipher;
+  private readonly headerDec: Decipher;
 
   constructor(material: Buffer) {
     if (material.length < HOP_KEY_BYTES) throw new RangeError('hop key material too short');
     // Plain buffers, not sodium_malloc: guarded pages cost several memory
     // mappings each, and a relay holds thousands of circuits.
     this.forward = Buffer.alloc(32);
-    this.backward = Buffer.alloc(32);
+    this.backwardOrigin = Buffer.alloc(32);
+    this.backwardForward = Buffer.alloc(32);
     material.copy(this.forward, 0, 0, 32);
-    material.copy(this.backward, 0, 32, 64);
+    material.copy(this.backwardOrigin, 0, 32, 64);
+    material.copy(this.backwardForward, 0, 32, 64);
     const kx = material.subarray(64, 80);
     // ECB on exactly one block per call is a keyed permutation of that
     // block: no chaining state carries from one cell to the next.
-    this.prpEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
-    this.prpDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+    this.headerEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+    this.headerDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
   }
 
+  /** out[0, 16) = AES(Kx, x[0, 16)). */
   permute(x: Buffer, out: Buffer): void {
-    this.prpEnc.update(x).copy(out);
+    this.headerEnc.update(x).copy(out);
   }
 
+  /** out[0, 16) = AES^-1(Kx, x[0, 16)). */
   unpermute(x: Buffer, out: Buffer): void {
-    this.prpDec.update(x).copy(out);
+    this.headerDec.update(x).copy(out);
   }
 
   wipe(): void {
     this.forward.fill(0);
-    this.backward.fill(0);
+    this.backwardOrigin.fill(0);
+    this.backwardForward.fill(0);
   }
 }
 
@@ -141,7 +177,8 @@ workFor(MAX_CELL_BYTES);
 
 /** Makes the work buffers large enough for cells of `size` bytes. */
 function workFor(size: number): void {
-  const need = HEAD + roundRun(HEAD + size + SEQ_BYTES);
+  // unwrapBackward's stream calls start up to 16 * MAX_HOPS bytes later.
+  const need = HEAD + BACKWARD_X_BYTES * MAX_HOPS + roundRun(HEAD + size + SEQ_BYTES);
   if (need <= workIn.length) return;
   workIn = Buffer.alloc(need);
   workOut = Buffer.alloc(need);
@@ -351,7 +388,9 @@ function sealForwardLayer(
 /**
  * Originating hop: seal `body` (at most backwardCapacity(size) bytes,
  * zero-padded) with sequence number `seq` into a backward cell of `size`
- * bytes at `out[0, size)`.
+ * bytes at `out[0, size)`. The tag covers all but the last
+ * BACKWARD_TAIL_BYTES of the ciphertext: that tail is keystream, which the
+ * forwarding hops push out of the cell.
  */
 export function sealBackward(
   keys: HopKeys,
@@ -370,34 +409,63 @@ export function sealBackward(
   writeSeq(workIn, HEAD, seq);
   body.copy(workIn, HEAD + SEQ_BYTES);
   workIn.fill(0, HEAD + SEQ_BYTES + body.length, end);
-  streamFromBlock0(workOut, workIn, end, nonce24, keys.backward);
-  const c = workOut.subarray(HEAD, end);
+  streamFromBlock0(workOut, workIn, end, nonce24, keys.backwardOrigin);
   sodium.crypto_onetimeauth(
     out.subarray(BACKWARD_X_BYTES, BACKWARD_X_BYTES + TAG_BYTES),
-    c,
+    workOut.subarray(HEAD, end - BACKWARD_TAIL_BYTES),
     keyOut,
   );
-  c.copy(out, BACKWARD_X_BYTES + TAG_BYTES);
-}
-
-/** Forwarding hop: add this hop's layer to the backward cell in place. */
-export function layerBackward(keys: HopKeys, cell: Buffer, off: number, size: number): boolean {
-  if (size < BACKWARD_OVERHEAD || off < 0 || off + size > cell.length) return false;
-  keys.permute(cell.subarray(off, off + BACKWARD_X_BYTES), nonce24);
-  nonce24.copy(cell, off, 0, BACKWARD_X_BYTES);
-  // B goes through the work buffers for the whole runs of stream.
-  workFor(size);
-  cell.copy(workIn, 0, off + BACKWARD_X_BYTES, off + size);
-  xorStream(workOut, workIn, 0, size - BACKWARD_X_BYTES, nonce24, 0, keys.backward);
-  workOut.copy(cell, off + BACKWARD_X_BYTES, 0, size - BACKWARD_X_BYTES);
-  return true;
+  workOut.copy(out, BACKWARD_X_BYTES + TAG_BYTES, HEAD, end);
 }
 
 /**
- * Client side: remove the layers of hops[0..origin) from a backward cell
- * (in place), then authenticate and open the origin hop's seal. Returns the
- * origin's sequence number (> 0) with the body at `cell[off+40, off+size)`,
- * or 0 if the tag does not verify.
+ * Forwarding hop: add this hop's layer to the backward cell at
+ * `cell[off, off+size)` in place. `counter` is this hop's backward counter
+ * on the circuit: 1 for the first cell it forwards, one more for each
+ * after, never repeated (the caller keeps it). Returns false, changing
+ * nothing, for a bad size or a counter out of range.
+ */
+export function layerBackward(
+  keys: HopKeys,
+  counter: number,
+  cell: Buffer,
+  off: number,
+  size: number,
+): boolean {
+  if (size < BACKWARD_OVERHEAD || off < 0 || off + size > cell.length) return false;
+  if (!Number.isSafeInteger(counter) || counter < 1) return false;
+  // The header: AES(Kx, u64(c) || 0^8), a function of the counter only.
+  writeU64(headerIn, 0, counter);
+  keys.permute(headerIn, nonce24);
+  // The body: the incoming header and all of B but its last 16 bytes, that
+  // is cell[0, S-16), under a keystream no other cell of this hop uses.
+  const len = size - BACKWARD_X_BYTES;
+  workFor(size);
+  cell.copy(workIn, 0, off, off + len);
+  xorStream(workOut, workIn, 0, len, nonce24, 0, keys.backwardForward);
+  workOut.copy(cell, off + BACKWARD_X_BYTES, 0, len);
+  nonce24.copy(cell, off, 0, BACKWARD_X_BYTES);
+  return true;
+}
+
+// Bytes 8-16 are never written: the zero half of u64(c) || 0^8.
+const headerIn = Buffer.alloc(16);
+const headerOut = Buffer.alloc(16);
+const backTag = Buffer.alloc(TAG_BYTES);
+
+function writeU64(buf: Buffer, o: number, v: number): void {
+  buf.writeUInt32BE(Math.floor(v / 0x1_0000_0000), o);
+  buf.writeUInt32BE(v >>> 0, o + 4);
+}
+
+/**
+ * Client side: remove the layers of hops[0..origin) from a backward cell,
+ * then authenticate and open the origin hop's seal. Returns the origin's
+ * sequence number (> 0) with the relay message at
+ * `cell[off+BACKWARD_BODY_AT, ...)`, backwardCapacity(size) bytes of it;
+ * or 0, leaving the cell as it was, if a layer's header or the origin's
+ * tag does not verify. A path longer than MAX_HOPS cannot be opened: its
+ * forwarders pushed the origin's tagged bytes out.
  */
 export function unwrapBackward(
   hops: HopKeys[],
@@ -406,40 +474,39 @@ export function unwrapBackward(
   off: number,
   size: number,
 ): number {
-  if (origin < 0 || origin >= hops.length) return 0;
+  if (origin < 0 || origin >= hops.length || origin > MAX_HOPS - 1) return 0;
   if (size < BACKWARD_OVERHEAD || off < 0 || off + size > cell.length) return 0;
-  const x = cell.subarray(off, off + BACKWARD_X_BYTES);
-  const tag = cell.subarray(off + BACKWARD_X_BYTES, off + BACKWARD_X_BYTES + TAG_BYTES);
-  // B = T | C is worked on at work[HEAD-16, ...), so that C is at HEAD,
-  // alternating between the two buffers; the cell gets it back at the end
-  // (layers removed, and C opened if the tag verifies).
+  // The cell is worked on in place in workIn from HEAD: removing a layer
+  // decrypts what follows its header where it lies, and the next header is
+  // then the 16 bytes after it.
   workFor(size);
-  const bAt = HEAD - TAG_BYTES;
-  const bLen = size - BACKWARD_X_BYTES;
-  const cLen = bLen - TAG_BYTES;
-  let cur = workIn;
-  let next = workOut;
-  cell.copy(cur, bAt, off + BACKWARD_X_BYTES, off + size);
+  cell.copy(workIn, HEAD, off, off + size);
+  let at = HEAD;
+  let len = size - BACKWARD_X_BYTES;
   for (let i = 0; i < origin; i += 1) {
-    x.copy(nonce24, 0);
-    xorStream(next, cur, bAt, bLen, nonce24, 0, hops[i]!.backward);
-    const t = cur;
-    cur = next;
-    next = t;
-    hops[i]!.unpermute(x, x);
+    const hop = hops[i]!;
+    hop.unpermute(workIn.subarray(at, at + BACKWARD_X_BYTES), headerOut);
+    // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
+    if (headerOut.readUInt32BE(8) !== 0 || headerOut.readUInt32BE(12) !== 0) return 0;
+    workIn.copy(nonce24, 0, at, at + BACKWARD_X_BYTES);
+    xorStream(workIn, workIn, at + BACKWARD_X_BYTES, len, nonce24, 0, hop.backwardForward);
+    at += BACKWARD_X_BYTES;
+    len -= BACKWARD_X_BYTES;
   }
-  cur.copy(cell, off + BACKWARD_X_BYTES, bAt, HEAD);
-  x.copy(nonce24, 0);
-  streamFromBlock0(next, cur, HEAD + cLen, nonce24, hops[origin]!.backward);
-  const ok = sodium.crypto_onetimeauth_verify(
-    tag,
-    cur.subarray(HEAD, HEAD + cLen),
-    next === workOut ? keyOut : keyIn,
-  );
-  (ok ? next : cur).copy(cell, off + BACKWARD_X_BYTES + TAG_BYTES, HEAD, HEAD + cLen);
-  if (!ok) return 0;
-  const seq = readSeq(cell, off + BACKWARD_X_BYTES + TAG_BYTES);
-  return seq > 0 ? seq : 0;
+  // The origin's cell: X | T | C, C of a fixed length whatever the path.
+  const cLen = size - BACKWARD_X_BYTES - TAG_BYTES - BACKWARD_TAIL_BYTES;
+  workIn.copy(nonce24, 0, at, at + BACKWARD_X_BYTES);
+  workIn.copy(backTag, 0, at + BACKWARD_X_BYTES, at + BACKWARD_X_BYTES + TAG_BYTES);
+  const cAt = at + BACKWARD_X_BYTES + TAG_BYTES;
+  workIn.copy(workOut, HEAD, cAt, cAt + cLen);
+  streamFromBlock0(workIn, workOut, HEAD + cLen, nonce24, hops[origin]!.backwardOrigin);
+  if (!sodium.crypto_onetimeauth_verify(backTag, workOut.subarray(HEAD, HEAD + cLen), keyIn)) {
+    return 0;
+  }
+  const seq = readSeq(workIn, HEAD);
+  if (seq === 0) return 0;
+  workIn.copy(cell, off + BACKWARD_X_BYTES + TAG_BYTES, HEAD, HEAD + cLen);
+  return seq;
 }
 
 /**

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { createCipheriv } from 'node:crypto';
 import sodium from 'sodium-native';
 import {
   AVOID_FAILED_MS,
@@ -41,6 +42,8 @@ import {
   relayMessage,
 } from '../../src/circuit/cells.js';
 import {
+  BACKWARD_BODY_AT,
+  BACKWARD_TAIL_BYTES,
   backwardCapacity,
   FORWARD_HOP_OVERHEAD,
   forwardCapacity,
@@ -140,7 +143,7 @@ test('vector circuit-create-v1: ntor with a 32-byte id, as CREATE and CREATED ca
   // The split of the key material.
   const hop = new HopKeys(keys);
   assert.equal(hop.forward.toString('hex'), field(v, 'kf'));
-  assert.equal(hop.backward.toString('hex'), field(v, 'kb'));
+  assert.equal(hop.backwardOrigin.toString('hex'), field(v, 'kb'));
   assert.equal(keys.subarray(64, 80).toString('hex'), field(v, 'kx'));
 
   // A relay under another id does not produce the same AUTH: the client refuses it.
@@ -236,36 +239,64 @@ test('vector onion-forward-v2: the client wraps, hop 1 peels and forwards, hop 2
   }
 });
 
-test('vector onion-backward-v1: the origin seals, hop 1 adds its layer, the client opens', () => {
-  const v = vector('onion-backward-v1');
+test('vector onion-backward-v2: the origin seals, hops 2 and 1 add their layers, the client opens', () => {
+  const v = vector('onion-backward-v2');
   const size = num(v, 'size');
   const k1 = hex(v, 'hop1_key_material');
   const k2 = hex(v, 'hop2_key_material');
+  const k3 = hex(v, 'hop3_key_material');
   const body = hex(v, 'body');
   const r = fixedRandom([hex(v, 'x')]);
   const cell = Buffer.alloc(size);
-  sealBackward(new HopKeys(k2), num(v, 'seq'), body, size, cell, r.random);
+  sealBackward(new HopKeys(k3), num(v, 'seq'), body, size, cell, r.random);
   assert.equal(r.left(), 0, 'one X per cell');
   assert.equal(cell.toString('hex'), field(v, 'origin_cell'));
 
-  assert.ok(layerBackward(new HopKeys(k1), cell, 0, size));
+  assert.ok(layerBackward(new HopKeys(k2), num(v, 'hop2_counter'), cell, 0, size));
+  assert.equal(cell.subarray(0, 16).toString('hex'), field(v, 'hop2_x'));
+  assert.equal(cell.toString('hex'), field(v, 'hop2_cell'));
+  assert.ok(layerBackward(new HopKeys(k1), num(v, 'hop1_counter'), cell, 0, size));
   assert.equal(cell.subarray(0, 16).toString('hex'), field(v, 'hop1_x'));
   assert.equal(cell.toString('hex'), field(v, 'cell'));
 
-  const keys = [new HopKeys(k1), new HopKeys(k2)];
+  // Checked independently of onion.ts, with node's AES and libsodium's
+  // XChaCha20: hop 1's header is AES(Kx_1, u64(c) || 0^8), and its body is
+  // what it received, minus the last 16 bytes, under Z(Kb_f1, X' || 0^8).
+  const header = Buffer.alloc(16);
+  header.writeBigUInt64BE(BigInt(num(v, 'hop1_counter')), 0);
+  const aes = createCipheriv('aes-128-ecb', Buffer.from(field(v, 'hop1_kx'), 'hex'), null);
+  aes.setAutoPadding(false);
+  assert.equal(aes.update(header).toString('hex'), field(v, 'hop1_x'));
+  const z = Buffer.alloc(size - 16);
+  sodium.crypto_stream_xchacha20(
+    z,
+    Buffer.concat([hex(v, 'hop1_x'), Buffer.alloc(8)]),
+    Buffer.from(field(v, 'hop1_kb_forward'), 'hex'),
+  );
+  const received = hex(v, 'hop2_cell');
+  for (let i = 0; i < size - 16; i += 1) {
+    assert.equal(cell[16 + i], received[i]! ^ z[i]!, `byte ${16 + i} of hop 1's output`);
+  }
+
+  const keys = [new HopKeys(k1), new HopKeys(k2), new HopKeys(k3)];
   const opened = Buffer.from(cell);
-  assert.equal(unwrapBackward(keys, 1, opened, 0, size), num(v, 'seq'));
-  assert.equal(opened.subarray(40, 40 + body.length).toString('hex'), field(v, 'body'));
-  assert.ok(opened.subarray(40 + body.length, size).equals(Buffer.alloc(size - 40 - body.length)));
-  const msg = decodeRelay(opened, 40, size - 40);
+  assert.equal(unwrapBackward(keys, 2, opened, 0, size), num(v, 'seq'));
+  const at = BACKWARD_BODY_AT;
+  assert.equal(opened.subarray(at, at + body.length).toString('hex'), field(v, 'body'));
+  const cap = backwardCapacity(size);
+  assert.ok(opened.subarray(at + body.length, at + cap).equals(Buffer.alloc(cap - body.length)));
+  const msg = decodeRelay(opened, at, cap);
   assert.ok(msg);
   assert.equal(msg.command, num(v, 'command'));
 
-  // Any change on the way, in X or in B, fails the origin's tag at the client.
-  for (const pos of [0, 15, 16, 31, 32, 100, size - 1]) {
+  // Any change on the way, in a header or a body, fails at the client:
+  // a header whose zero half does not decrypt, or the origin's tag.
+  for (const pos of [0, 15, 16, 31, 32, 47, 48, 100, size - 33, size - 1]) {
     const tampered = Buffer.from(cell);
     tampered[pos]! ^= 0x80;
-    assert.equal(unwrapBackward(keys, 1, tampered, 0, size), 0, `flip at byte ${pos}`);
+    const before = Buffer.from(tampered);
+    assert.equal(unwrapBackward(keys, 2, tampered, 0, size), 0, `flip at byte ${pos}`);
+    assert.ok(tampered.equals(before), 'a refused cell is left as it was');
   }
 });
 
@@ -320,6 +351,9 @@ test('vector circuit-sizes-v2: the size arithmetic of section 8', () => {
   assert.equal(num(v, 'forward_capacity_small'), forwardCapacity(CELL_SMALL, MAX_HOPS));
   assert.equal(num(v, 'backward_capacity_large'), backwardCapacity(CELL_LARGE));
   assert.equal(num(v, 'backward_capacity_small'), backwardCapacity(CELL_SMALL));
+  assert.equal(num(v, 'backward_tail'), BACKWARD_TAIL_BYTES);
+  // A full packet's DATA message fits a large cell backward too.
+  assert.ok(backwardCapacity(CELL_LARGE) >= CIRCUIT_MTU + RELAY_HEADER_BYTES);
   assert.equal(num(v, 'relay_header'), RELAY_HEADER_BYTES);
   assert.equal(num(v, 'circuit_mtu'), CIRCUIT_MTU);
   assert.equal(num(v, 'circuit_mtu'), num(v, 'forward_capacity_large') - num(v, 'relay_header'));

@@ -5,6 +5,8 @@ import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import sodium from 'sodium-native';
 import {
+  BACKWARD_BODY_AT,
+  BACKWARD_TAIL_BYTES,
   backwardCapacity,
   FORWARD_HOP_OVERHEAD,
   forwardCapacity,
@@ -118,7 +120,7 @@ test('backward: origin seals, each hop adds a layer, the client opens it', () =>
     sealBackward(relays[n - 1]!, 42, body, S, cell);
     const seenX = [Buffer.from(cell.subarray(0, 16))];
     for (let i = n - 2; i >= 0; i -= 1) {
-      assert.ok(layerBackward(relays[i]!, cell, 0, S));
+      assert.ok(layerBackward(relays[i]!, 1, cell, 0, S));
       seenX.push(Buffer.from(cell.subarray(0, 16)));
     }
     assert.equal(
@@ -127,24 +129,35 @@ test('backward: origin seals, each hop adds a layer, the client opens it', () =>
       'X differs per link',
     );
     assert.equal(unwrapBackward(client, n - 1, cell, 0, S), 42);
-    assert.deepEqual(cell.subarray(40, 40 + body.length), body);
+    assert.deepEqual(cell.subarray(BACKWARD_BODY_AT, BACKWARD_BODY_AT + body.length), body);
   }
 });
 
 test('backward: any altered byte fails the client check; wrong origin fails', () => {
   const { client, relays } = circuit(3);
   const body = Buffer.from('reply');
-  for (const pos of [0, 15, 16, 31, 32, 500, S - 1]) {
+  for (const pos of [0, 15, 16, 31, 32, 500, S - 17]) {
     const cell = Buffer.alloc(S);
     sealBackward(relays[2]!, 7, body, S, cell);
-    layerBackward(relays[1]!, cell, 0, S);
+    layerBackward(relays[1]!, 1, cell, 0, S);
     cell[pos]! ^= 0x80; // the middle hop tampers
-    layerBackward(relays[0]!, cell, 0, S);
+    layerBackward(relays[0]!, 1, cell, 0, S);
     assert.equal(unwrapBackward(client, 2, cell, 0, S), 0, `flip at ${pos}`);
   }
+  // The last 16 bytes a hop sends are the ones the next hop pushes out of
+  // the cell: a change there reaches no one (the guard's output is the
+  // same bytes as without it).
+  const clean = Buffer.alloc(S);
+  sealBackward(relays[2]!, 8, body, S, clean);
+  layerBackward(relays[1]!, 2, clean, 0, S);
+  const flipped = Buffer.from(clean);
+  flipped[S - 1]! ^= 0x80;
+  layerBackward(relays[0]!, 2, clean, 0, S);
+  layerBackward(relays[0]!, 2, flipped, 0, S);
+  assert.ok(flipped.equals(clean), 'pushed-out bytes do not reach the client');
   const cell = Buffer.alloc(S);
   sealBackward(relays[1]!, 7, body, S, cell);
-  layerBackward(relays[0]!, cell, 0, S);
+  layerBackward(relays[0]!, 2, cell, 0, S);
   assert.equal(unwrapBackward(client, 2, Buffer.from(cell), 0, S), 0);
   assert.equal(unwrapBackward(client, 1, cell, 0, S), 7);
 });
@@ -249,13 +262,15 @@ test('every cell size agrees with a two-call reference, forward and backward', (
     sealBackward(relays[0]!, size, body, size, back);
     const nonce = Buffer.concat([back.subarray(0, 16), Buffer.alloc(8)]);
     const bc = Buffer.from(back.subarray(32, size));
-    sodium.crypto_stream_xchacha20(polyKey, nonce, relays[0]!.backward);
-    assert.ok(sodium.crypto_onetimeauth_verify(back.subarray(16, 32), bc, polyKey));
-    sodium.crypto_stream_xchacha20_xor_ic(bc, bc, nonce, 1, relays[0]!.backward);
+    sodium.crypto_stream_xchacha20(polyKey, nonce, relays[0]!.backwardOrigin);
+    // The tag covers C but not the tail of 16 * (MAX_HOPS - 1) bytes.
+    const tagged = bc.subarray(0, bc.length - BACKWARD_TAIL_BYTES);
+    assert.ok(sodium.crypto_onetimeauth_verify(back.subarray(16, 32), tagged, polyKey));
+    sodium.crypto_stream_xchacha20_xor_ic(bc, bc, nonce, 1, relays[0]!.backwardOrigin);
     assert.equal(bc.readUInt32BE(4), size);
     assert.ok(bc.subarray(8, 8 + body.length).equals(body));
     assert.equal(unwrapBackward(client, 0, back, 0, size), size);
-    assert.ok(back.subarray(32).equals(bc), `unwrap at size ${size}`);
+    assert.ok(back.subarray(32, size - BACKWARD_TAIL_BYTES).equals(tagged), `unwrap at ${size}`);
   }
 });
 
@@ -265,10 +280,10 @@ test('backward cells larger than any forward cell still round-trip', () => {
     const body = randomBytes(backwardCapacity(size));
     const cell = Buffer.alloc(size);
     sealBackward(relays[2]!, 3, body, size, cell);
-    assert.ok(layerBackward(relays[1]!, cell, 0, size));
-    assert.ok(layerBackward(relays[0]!, cell, 0, size));
+    assert.ok(layerBackward(relays[1]!, size, cell, 0, size));
+    assert.ok(layerBackward(relays[0]!, size, cell, 0, size));
     assert.equal(unwrapBackward(client, 2, cell, 0, size), 3, `size ${size}`);
-    assert.ok(cell.subarray(40).equals(body));
+    assert.ok(cell.subarray(BACKWARD_BODY_AT, BACKWARD_BODY_AT + body.length).equals(body));
   }
   // Forward cells after the work buffers grew.
   const cell = Buffer.alloc(S);

@@ -21,6 +21,9 @@ import {
   type RelayMsg,
 } from '../../../src/circuit/cells.js';
 import {
+  BACKWARD_OVERHEAD,
+  BACKWARD_X_BYTES,
+  MAX_HOPS,
   HOP_KEY_BYTES,
   HopKeys,
   layerBackward,
@@ -134,7 +137,7 @@ function deterministicRandom(seed: number): (buf: Buffer) => void {
   };
 }
 
-const material = [0, 1].map((i) => new Rng(1000 + i).bytes(HOP_KEY_BYTES));
+const material = [0, 1, 2].map((i) => new Rng(1000 + i).bytes(HOP_KEY_BYTES));
 // Made once: every HopKeys holds sodium_malloc'd keys (guarded pages), and
 // the process aborts when too many are alive.
 let relayKeys: HopKeys | undefined;
@@ -189,6 +192,17 @@ export const peelForwardTarget: FuzzTarget = {
 };
 
 const genuineBackward = new Set<string>();
+
+/**
+ * The bytes of a backward cell the client reads for an origin at index
+ * `origin`: all but what is left of the origin's tail, 16 bytes for each
+ * forwarding hop fewer than MAX_HOPS - 1 (docs/protocol.md section 8.5),
+ * which nothing reads and nothing checks.
+ */
+function usedPart(cell: Buffer, origin: number): string {
+  const unused = BACKWARD_X_BYTES * (MAX_HOPS - 1 - origin);
+  return cell.toString('hex', 0, cell.length - unused);
+}
 let unwrapAccepted = 0;
 
 export const unwrapBackwardTarget: FuzzTarget = {
@@ -197,34 +211,95 @@ export const unwrapBackwardTarget: FuzzTarget = {
     const relays = material.map((m) => new HopKeys(m));
     const random = deterministicRandom(8);
     const out: Buffer[] = [];
-    for (const size of [CELL_SMALL, CELL_LARGE]) {
-      const cell = Buffer.alloc(size);
-      sealBackward(relays[1] as HopKeys, 1, Buffer.from('hello back'), size, cell, random);
-      layerBackward(relays[0] as HopKeys, cell, 0, size);
-      out.push(cell);
-      genuineBackward.add(cell.toString('hex'));
+    let counter = 0;
+    // Cells from hop 2 through hop 1, and from hop 3 through hops 2 and 1.
+    for (const origin of [1, 2]) {
+      for (const size of [CELL_SMALL, CELL_LARGE]) {
+        const cell = Buffer.alloc(size);
+        sealBackward(relays[origin] as HopKeys, 1, Buffer.from('hello back'), size, cell, random);
+        for (let i = origin - 1; i >= 0; i -= 1) {
+          counter += 1;
+          layerBackward(relays[i] as HopKeys, counter, cell, 0, size);
+        }
+        out.push(cell);
+        genuineBackward.add(`${origin}:${usedPart(cell, origin)}`);
+      }
     }
     return out;
   },
   run(input) {
     clientKeys ??= material.map((m) => new HopKeys(m));
     const client = clientKeys;
-    const cell = Buffer.from(input);
-    const seq = unwrapBackward(client, 1, cell, 0, cell.length);
-    check(Number.isSafeInteger(seq) && seq >= 0, `unwrapBackward returned ${seq}`);
-    if (seq > 0) {
-      check(genuineBackward.has(input.toString('hex')), 'a forged backward cell authenticated');
-      unwrapAccepted += 1;
+    let accepted = false;
+    for (const origin of [1, 2]) {
+      const cell = Buffer.from(input);
+      const seq = unwrapBackward(client, origin, cell, 0, cell.length);
+      check(Number.isSafeInteger(seq) && seq >= 0, `unwrapBackward returned ${seq}`);
+      if (seq > 0) {
+        check(
+          genuineBackward.has(`${origin}:${usedPart(input, origin)}`),
+          'a forged backward cell authenticated',
+        );
+        unwrapAccepted += 1;
+        accepted = true;
+      } else check(cell.equals(input), 'a refused backward cell was modified');
     }
     check(
-      unwrapBackward(client, 2, Buffer.from(input), 0, input.length) === 0,
+      unwrapBackward(client, 3, Buffer.from(input), 0, input.length) === 0,
       'origin past the circuit',
     );
-    return seq > 0;
+    return accepted;
   },
   maxLength: CELL_LARGE + 16,
   weight: 0.5,
   stats: () => `authenticated ${unwrapAccepted} (only unmodified genuine cells may)`,
+};
+
+let layered = 0;
+
+/**
+ * A forwarding hop's backward layer on any bytes: it never throws, keeps
+ * the size, refuses cells too short to hold a layer, and its header depends
+ * on its counter only (what the cell held does not show through).
+ */
+export const layerBackwardTarget: FuzzTarget = {
+  name: 'circuit/layerBackward',
+  seeds() {
+    const relays = material.map((m) => new HopKeys(m));
+    const cell = Buffer.alloc(CELL_SMALL);
+    sealBackward(
+      relays[2] as HopKeys,
+      1,
+      Buffer.from('seed'),
+      CELL_SMALL,
+      cell,
+      deterministicRandom(9),
+    );
+    return [cell, Buffer.alloc(CELL_LARGE, 0x5a), Buffer.alloc(BACKWARD_OVERHEAD)];
+  },
+  run(input) {
+    relayKeys ??= new HopKeys(material[0] as Buffer);
+    layered += 1;
+    const counter = layered;
+    const cell = Buffer.from(input);
+    const ok = layerBackward(relayKeys, counter, cell, 0, cell.length);
+    check(ok === input.length >= BACKWARD_OVERHEAD, `layerBackward(${input.length} bytes) = ${ok}`);
+    check(cell.length === input.length, 'layerBackward changed the size');
+    if (!ok) {
+      check(cell.equals(input), 'a refused cell was modified');
+      return false;
+    }
+    const other = Buffer.alloc(Math.max(BACKWARD_OVERHEAD, input.length), 0xff);
+    layerBackward(relayKeys, counter, other, 0, other.length);
+    check(
+      other.subarray(0, BACKWARD_X_BYTES).equals(cell.subarray(0, BACKWARD_X_BYTES)),
+      'the header depends on the cell, not only on the counter',
+    );
+    check(!layerBackward(relayKeys, 0, Buffer.from(input), 0, input.length), 'counter 0 accepted');
+    return true;
+  },
+  maxLength: CELL_LARGE + 16,
+  weight: 0.3,
 };
 
 // --- replay window, against a model ------------------------------------------------
@@ -261,5 +336,6 @@ export const circuitTargets: FuzzTarget[] = [
   extendTarget,
   peelForwardTarget,
   unwrapBackwardTarget,
+  layerBackwardTarget,
   replayWindowTarget,
 ];
