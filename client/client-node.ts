@@ -29,15 +29,17 @@ import {
   Relay,
   RELAY_HEADER_BYTES,
 } from '../src/circuit/cells.js';
-import { backwardKeysOf, ClientHopKeys, forwardKeysFor } from '../src/circuit/circuit-keys.js';
+import {
+  ClientHopKeys,
+  forwardKeysFor,
+  unwrapBackwardEpochs,
+} from '../src/circuit/circuit-keys.js';
 import {
   BACKWARD_BODY_AT,
   backwardCapacity,
   HOP_KEY_BYTES,
   type ForwardLayerKeys,
-  type HopKeys,
   PaddingSource,
-  unwrapBackward,
   wrapForward,
 } from '../src/circuit/onion.js';
 import { ReplayWindow } from '../src/circuit/replay-window.js';
@@ -84,9 +86,9 @@ type Pending = PendingKind & {
 class Circuit {
   /** Per hop: forward keys through their epochs, backward keys (protocol 8.10). */
   readonly keys: ClientHopKeys[] = [];
-  /** What wrapForward and unwrapBackward take, refilled per cell (no allocation). */
+  /** What wrapForward takes, refilled per cell; which backward key each hop used (no allocation). */
   readonly forwardKeys: ForwardLayerKeys[] = [];
-  readonly backwardKeys: HopKeys[] = [];
+  readonly chosen: number[] = [0, 0, 0, 0];
   readonly seqs: number[] = [];
   readonly windows: ReplayWindow[] = [];
   state: 'building' | 'ready' | 'closed' = 'building';
@@ -361,7 +363,6 @@ export class ClientNode {
       );
     // Slot 0 of this hop's epochs starts now, after the relay made its state.
     circ.keys.push(new ClientHopKeys(keys, this.now()));
-    backwardKeysOf(circ.keys, circ.backwardKeys);
     keys.fill(0);
     circ.seqs.push(0);
     circ.windows.push(new ReplayWindow());
@@ -513,7 +514,8 @@ export class ClientNode {
   private onBackward(circ: Circuit, buf: Buffer, o: number, size: number): void {
     if (!isCellSize(size) || circ.keys.length === 0) return;
     const origin = circ.keys.length - 1;
-    const seq = unwrapBackward(circ.backwardKeys, origin, buf, o, size);
+    const now = this.now();
+    const seq = unwrapBackwardEpochs(circ.keys, origin, buf, o, size, now, circ.chosen);
     if (seq === 0) {
       this.counters.drops.badTag += 1;
       return;
@@ -522,7 +524,7 @@ export class ClientNode {
       this.counters.drops.replay += 1;
       return;
     }
-    circ.lastHeard = this.now();
+    circ.lastHeard = now;
     circ.cellsIn += 1;
     const m = decodeRelay(buf, o + BACKWARD_BODY_AT, backwardCapacity(size));
     if (!m) return;

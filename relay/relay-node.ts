@@ -293,11 +293,13 @@ export class RelayNode {
     // No filter on what the next hop sends: the layer depends only on this
     // hop's counter, so a repeated cell comes out unrelated to the first.
     circ.backwardForwarded += 1;
-    if (!layerBackward(circ.keys.backward, circ.backwardForwarded, buf, o + 4, size)) {
+    const now = this.now();
+    const keys = circ.keys.backwardKey(now);
+    if (!layerBackward(keys, circ.backwardForwarded, buf, o + 4, size)) {
       this.counters.drops.badCell += 1;
       return;
     }
-    circ.lastActivity = this.now();
+    circ.lastActivity = now;
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, buf, o + 4, size);
     this.counters.cellsOut += 1;
   }
@@ -317,8 +319,9 @@ export class RelayNode {
     body.copy(msg, 3, off, off + len);
     const size = backwardCellSize(msg.length);
     circ.backwardSeq += 1;
-    circ.lastActivity = this.now();
-    sealBackward(circ.keys.backward, circ.backwardSeq, msg, size, this.cellOut);
+    const now = this.now();
+    circ.lastActivity = now;
+    sealBackward(circ.keys.backwardKey(now), circ.backwardSeq, msg, size, this.cellOut);
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, this.cellOut, 0, size);
     this.counters.cellsOut += 1;
   }

@@ -7,6 +7,7 @@
  *   SK_0(forward)  = BLAKE2b-256(key = "shallot-v2 forward root", M)
  *   SK_0(backward) = BLAKE2b-256(key = "shallot-v2 backward root", M)
  *   Kf = KDF(K, "shallot-v2 use forward")
+ *   Kb_o | Kb_f = KDF(K, "shallot-v2 use backward") (64 bytes),  Kx = KDF(K, "shallot-v2 use header") (16)
  *
  * The relay receives forward cells (EpochReceiver: tries the keys a cell
  * may be under) and sends backward ones; the client the other way round.
@@ -15,11 +16,20 @@
  */
 import sodium from 'sodium-native';
 import { EpochReceiver, EpochSender, epochKdf, type EpochKeyUse } from './key-epochs.js';
-import { HopKeys, peelForward, type ForwardLayerKeys } from './onion.js';
+import {
+  HOP_KEY_BYTES,
+  HopKeys,
+  peelForward,
+  unwrapBackwardChoosing,
+  type BackwardKeyChoice,
+  type ForwardLayerKeys,
+} from './onion.js';
 
 const LABEL_ROOT_FORWARD = Buffer.from('shallot-v2 forward root', 'ascii');
 const LABEL_ROOT_BACKWARD = Buffer.from('shallot-v2 backward root', 'ascii');
 const LABEL_USE_FORWARD = Buffer.from('shallot-v2 use forward', 'ascii');
+const LABEL_USE_BACKWARD = Buffer.from('shallot-v2 use backward', 'ascii');
+const LABEL_USE_HEADER = Buffer.from('shallot-v2 use header', 'ascii');
 
 /** SK_0 of each direction from the handshake material (32 bytes each). */
 export function hopRoots(material: Buffer, forward: Buffer, backward: Buffer): void {
@@ -38,23 +48,44 @@ export const forwardUse: EpochKeyUse<ForwardEpochKey> = {
   wipe: (h) => sodium.sodium_memzero(h.forward),
 };
 
+// Scratch for loading an epoch's backward keys; zeroed after each load.
+const backwardTmp = Buffer.alloc(64);
+const headerTmp = Buffer.alloc(16);
+const noMaterial = Buffer.alloc(HOP_KEY_BYTES);
+
+/** An epoch's backward keys in a HopKeys (its forward key stays zero, unused). */
+export const backwardUse: EpochKeyUse<HopKeys> = {
+  create: () => new HopKeys(noMaterial),
+  load: (h, key) => {
+    epochKdf(backwardTmp, key, LABEL_USE_BACKWARD);
+    epochKdf(headerTmp, key, LABEL_USE_HEADER);
+    h.loadBackward(backwardTmp.subarray(0, 32), backwardTmp.subarray(32, 64), headerTmp);
+    sodium.sodium_memzero(backwardTmp);
+    sodium.sodium_memzero(headerTmp);
+  },
+  wipe: (h) => {
+    h.wipe();
+    // The AES key schedule lives in OpenSSL's context: replace it by one of zeros.
+    h.loadBackward(noMaterial, noMaterial, noMaterial.subarray(0, 16));
+  },
+};
+
 /**
  * A relay's keys for one circuit. `createdAt` is when it processed the
- * CREATE (its slot 0 starts then). The backward keys are still the
- * handshake's for the life of the circuit (see the report of this branch:
- * they move to epochs with the new backward construction).
+ * CREATE (its slot 0 starts then): it receives forward cells and sends
+ * backward ones, both those it originates and those it forwards (one
+ * chain: the same epoch key gives Kb_o, Kb_f and Kx).
  */
 export class RelayHopKeys {
   readonly forward: EpochReceiver<ForwardEpochKey>;
-  readonly backward: HopKeys;
+  readonly backward: EpochSender<HopKeys>;
 
   constructor(material: Buffer, createdAt: number) {
     const f = Buffer.alloc(32);
     const b = Buffer.alloc(32);
     hopRoots(material, f, b);
     this.forward = new EpochReceiver(f, createdAt, forwardUse);
-    this.backward = new HopKeys(material);
-    sodium.sodium_memzero(this.backward.forward); // forward layers use the epochs' Kf
+    this.backward = new EpochSender(b, createdAt, backwardUse);
     sodium.sodium_memzero(f);
     sodium.sodium_memzero(b);
   }
@@ -77,9 +108,15 @@ export class RelayHopKeys {
     return 0;
   }
 
+  /** The backward keys for the next cell this hop seals or forwards at `now`. */
+  backwardKey(now: number): HopKeys {
+    return this.backward.key(now);
+  }
+
   /** Erase keys whose time is up (the relay's tick). */
   advance(now: number): void {
     this.forward.advance(now);
+    this.backward.advance(now);
   }
 
   wipe(): void {
@@ -93,23 +130,34 @@ export class RelayHopKeys {
  * EXTENDED arrived: after the relay made its state, so the client's slots
  * never start before the relay's (the window's argument needs that).
  */
-export class ClientHopKeys {
+export class ClientHopKeys implements BackwardKeyChoice {
   readonly forward: EpochSender<ForwardEpochKey>;
-  readonly backward: HopKeys;
+  readonly backward: EpochReceiver<HopKeys>;
+  /** How many backward keys to try for the cell at hand (set by `prepare`). */
+  count = 0;
 
   constructor(material: Buffer, createdAt: number) {
     const f = Buffer.alloc(32);
     const b = Buffer.alloc(32);
     hopRoots(material, f, b);
     this.forward = new EpochSender(f, createdAt, forwardUse);
-    this.backward = new HopKeys(material);
-    sodium.sodium_memzero(this.backward.forward); // forward layers use the epochs' Kf
+    this.backward = new EpochReceiver(b, createdAt, backwardUse);
     sodium.sodium_memzero(f);
     sodium.sodium_memzero(b);
   }
 
+  /** Set up the backward keys to try at `now`. */
+  prepare(now: number): void {
+    this.count = this.backward.tries(now);
+  }
+
+  key(i: number): HopKeys {
+    return this.backward.key(i);
+  }
+
   advance(now: number): void {
     this.forward.advance(now);
+    this.backward.advance(now);
   }
 
   wipe(): void {
@@ -132,9 +180,28 @@ export function forwardKeysFor(
   return out;
 }
 
-/** The backward keys of every hop (static for now), into `out`. */
-export function backwardKeysOf(hops: readonly ClientHopKeys[], out: HopKeys[]): HopKeys[] {
-  out.length = hops.length;
-  for (let i = 0; i < hops.length; i += 1) out[i] = (hops[i] as ClientHopKeys).backward;
-  return out;
+/**
+ * Client side: unwrapBackward through the key epochs of every hop. Each
+ * hop up to the origin tries its backward keys (current, next step, next
+ * slot, previous); on success every one of them steps to the key that
+ * opened its layer. `chosen` is scratch of MAX_HOPS entries, reused.
+ */
+export function unwrapBackwardEpochs(
+  hops: readonly ClientHopKeys[],
+  origin: number,
+  cell: Buffer,
+  off: number,
+  size: number,
+  now: number,
+  chosen: number[],
+): number {
+  if (origin < 0 || origin >= hops.length) return 0;
+  for (let i = 0; i <= origin; i += 1) (hops[i] as ClientHopKeys).prepare(now);
+  const seq = unwrapBackwardChoosing(hops, origin, cell, off, size, chosen);
+  for (let i = 0; i <= origin; i += 1) {
+    const rx = (hops[i] as ClientHopKeys).backward;
+    if (seq > 0) rx.accept(chosen[i] as number, now);
+    else rx.reject();
+  }
+  return seq;
 }

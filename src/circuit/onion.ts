@@ -98,8 +98,8 @@ export class HopKeys {
   /** Kb_f: the layer this hop adds to backward cells it forwards. */
   readonly backwardForward: Buffer;
   /** Kx: the header permutation of forwarded backward cells. */
-  private readonly headerEnc: Cipher;
-  private readonly headerDec: Decipher;
+  private headerEnc: Cipher;
+  private headerDec: Decipher;
 
   constructor(material: Buffer) {
     if (material.length < HOP_KEY_BYTES) throw new RangeError('hop key material too short');
@@ -116,6 +116,26 @@ export class HopKeys {
     // block: no chaining state carries from one cell to the next.
     this.headerEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
     this.headerDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+  }
+
+  /**
+   * Replace the backward keys (Kb_o, Kb_f, Kx): the key epochs of
+   * circuit-keys.ts load each epoch's keys into one HopKeys this way.
+   */
+  loadBackward(origin: Buffer, forward: Buffer, kx: Buffer): void {
+    origin.copy(this.backwardOrigin, 0, 0, 32);
+    forward.copy(this.backwardForward, 0, 0, 32);
+    this.headerEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+    this.headerDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+  }
+
+  /** A HopKeys is one choice of keys for unwrapBackwardChoosing. */
+  get count(): number {
+    return 1;
+  }
+
+  key(): HopKeys {
+    return this;
   }
 
   /** out[0, 16) = AES(Kx, x[0, 16)). */
@@ -459,6 +479,19 @@ function writeU64(buf: Buffer, o: number, v: number): void {
 }
 
 /**
+ * The keys a hop's backward layer may be under, in the order to try (the
+ * key epochs of docs/protocol.md 8.10: current, next step, next slot,
+ * previous). A HopKeys is a choice of one.
+ */
+export interface BackwardKeyChoice {
+  readonly count: number;
+  key(i: number): HopKeys;
+}
+
+/** Which key of each hop's choice opened the last cell unwrapBackwardChoosing accepted. */
+const noChoice: number[] = [];
+
+/**
  * Client side: remove the layers of hops[0..origin) from a backward cell,
  * then authenticate and open the origin hop's seal. Returns the origin's
  * sequence number (> 0) with the relay message at
@@ -474,6 +507,24 @@ export function unwrapBackward(
   off: number,
   size: number,
 ): number {
+  return unwrapBackwardChoosing(hops, origin, cell, off, size, noChoice);
+}
+
+/**
+ * unwrapBackward where each hop's layer may be under one of several keys:
+ * a forwarding hop's is the first whose header inverts to u64(c) || 0^8
+ * (a wrong key passes with probability 2^-64), the origin's the first
+ * whose tag verifies. On success `chosen[i]` (if `chosen` has room) is the
+ * index of the key that opened hop i's layer.
+ */
+export function unwrapBackwardChoosing(
+  hops: readonly BackwardKeyChoice[],
+  origin: number,
+  cell: Buffer,
+  off: number,
+  size: number,
+  chosen: number[],
+): number {
   if (origin < 0 || origin >= hops.length || origin > MAX_HOPS - 1) return 0;
   if (size < BACKWARD_OVERHEAD || off < 0 || off + size > cell.length) return 0;
   // The cell is worked on in place in workIn from HEAD: removing a layer
@@ -484,10 +535,18 @@ export function unwrapBackward(
   let at = HEAD;
   let len = size - BACKWARD_X_BYTES;
   for (let i = 0; i < origin; i += 1) {
-    const hop = hops[i]!;
-    hop.unpermute(workIn.subarray(at, at + BACKWARD_X_BYTES), headerOut);
-    // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
-    if (headerOut.readUInt32BE(8) !== 0 || headerOut.readUInt32BE(12) !== 0) return 0;
+    const choice = hops[i]!;
+    let hop: HopKeys | null = null;
+    for (let k = 0; k < choice.count && !hop; k += 1) {
+      const h = choice.key(k);
+      h.unpermute(workIn.subarray(at, at + BACKWARD_X_BYTES), headerOut);
+      // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
+      if (headerOut.readUInt32BE(8) === 0 && headerOut.readUInt32BE(12) === 0) {
+        hop = h;
+        if (i < chosen.length) chosen[i] = k;
+      }
+    }
+    if (!hop) return 0;
     workIn.copy(nonce24, 0, at, at + BACKWARD_X_BYTES);
     xorStream(workIn, workIn, at + BACKWARD_X_BYTES, len, nonce24, 0, hop.backwardForward);
     at += BACKWARD_X_BYTES;
@@ -499,14 +558,20 @@ export function unwrapBackward(
   workIn.copy(backTag, 0, at + BACKWARD_X_BYTES, at + BACKWARD_X_BYTES + TAG_BYTES);
   const cAt = at + BACKWARD_X_BYTES + TAG_BYTES;
   workIn.copy(workOut, HEAD, cAt, cAt + cLen);
-  streamFromBlock0(workIn, workOut, HEAD + cLen, nonce24, hops[origin]!.backwardOrigin);
-  if (!sodium.crypto_onetimeauth_verify(backTag, workOut.subarray(HEAD, HEAD + cLen), keyIn)) {
-    return 0;
+  const choice = hops[origin]!;
+  for (let k = 0; k < choice.count; k += 1) {
+    // workOut[HEAD, HEAD+cLen) keeps C; each try decrypts it into workIn.
+    streamFromBlock0(workIn, workOut, HEAD + cLen, nonce24, choice.key(k).backwardOrigin);
+    if (!sodium.crypto_onetimeauth_verify(backTag, workOut.subarray(HEAD, HEAD + cLen), keyIn)) {
+      continue;
+    }
+    const seq = readSeq(workIn, HEAD);
+    if (seq === 0) return 0;
+    if (origin < chosen.length) chosen[origin] = k;
+    workIn.copy(cell, off + BACKWARD_X_BYTES + TAG_BYTES, HEAD, HEAD + cLen);
+    return seq;
   }
-  const seq = readSeq(workIn, HEAD);
-  if (seq === 0) return 0;
-  workIn.copy(cell, off + BACKWARD_X_BYTES + TAG_BYTES, HEAD, HEAD + cLen);
-  return seq;
+  return 0;
 }
 
 /**

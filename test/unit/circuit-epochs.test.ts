@@ -10,17 +10,24 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import {
+  backwardUse,
   ClientHopKeys,
   forwardKeysFor,
   forwardUse,
   RelayHopKeys,
+  unwrapBackwardEpochs,
 } from '../../src/circuit/circuit-keys.js';
 import { EPOCH_MS, EPOCH_WINDOW_MS, epochKdf } from '../../src/circuit/key-epochs.js';
 import {
+  BACKWARD_X_BYTES,
+  backwardCapacity,
   HOP_KEY_BYTES,
   HopKeys,
+  layerBackward,
   PaddingSource,
   peelForward,
+  sealBackward,
+  unwrapBackward,
   wrapForward,
   type ForwardLayerKeys,
 } from '../../src/circuit/onion.js';
@@ -35,12 +42,24 @@ interface Recorded {
 
 /** What an attacker derives from seized epoch secrets: the keys, later steps, later slots. */
 function derivedKeys(seized: Buffer[], steps = 8, slots = 3): ForwardLayerKeys[] {
-  const out: ForwardLayerKeys[] = [];
-  const add = (k: Buffer) => {
+  return derived(seized, steps, slots, (k) => {
     const h = forwardUse.create();
     forwardUse.load(h, k);
-    out.push(h);
-  };
+    return h;
+  });
+}
+
+function derivedBackwardKeys(seized: Buffer[], steps = 8, slots = 3): HopKeys[] {
+  return derived(seized, steps, slots, (k) => {
+    const h = backwardUse.create();
+    backwardUse.load(h, k);
+    return h;
+  });
+}
+
+function derived<T>(seized: Buffer[], steps: number, slots: number, make: (k: Buffer) => T): T[] {
+  const out: T[] = [];
+  const add = (k: Buffer) => out.push(make(k));
   for (const secret of seized) {
     // As an epoch key, and its next steps.
     let k = Buffer.from(secret);
@@ -193,5 +212,118 @@ test('control: keys that last as long as the circuit (no epochs) give every reco
   for (let h = 0; h < HOPS; h += 1) {
     const old = recorded[h]!.filter((c) => c.at < seizeAt - EPOCH_WINDOW_MS).length;
     assert.equal(opened([seized[h]!], recorded[h]!, 0, seizeAt - EPOCH_WINDOW_MS), old);
+  }
+});
+
+/**
+ * Whether `keys` remove a backward layer of a recorded cell: a forwarding
+ * hop's header inverts to u64(c) || 0^8 (then its layer decrypts), or the
+ * origin's tag verifies.
+ */
+function opensBackward(keys: HopKeys, cell: Buffer, origin: boolean): boolean {
+  if (origin) return unwrapBackward([keys], 0, Buffer.from(cell), 0, S) > 0;
+  const h = Buffer.alloc(16);
+  keys.unpermute(cell.subarray(0, BACKWARD_X_BYTES), h);
+  return h.readUInt32BE(8) === 0 && h.readUInt32BE(12) === 0;
+}
+
+/** A 3-hop circuit's backward traffic: the exit originates, the others forward. */
+function backwardRun(
+  relayKey: (hop: number, now: number) => HopKeys,
+  open: (cell: Buffer, now: number) => number,
+  untilMs: number,
+  everyMs: number,
+  seizeAt: number,
+  onSeize: () => void,
+  tick: (now: number) => void,
+): Recorded[][] {
+  const sent: Recorded[][] = Array.from({ length: HOPS }, () => []);
+  const counters = [0, 0, 0];
+  const cell = Buffer.alloc(S);
+  let seq = 0;
+  let seized = false;
+  let nextTick = 0;
+  for (let now = 1000; now < untilMs; now += everyMs) {
+    while (nextTick <= now) tick((nextTick += 500));
+    if (!seized && now >= seizeAt) {
+      onSeize();
+      seized = true;
+    }
+    seq += 1;
+    const body = Buffer.alloc(Math.min(200, backwardCapacity(S)));
+    body.write(`reply sent at ${now}`);
+    sealBackward(relayKey(HOPS - 1, now), seq, body, S, cell);
+    sent[HOPS - 1]!.push({ at: now, cell: Buffer.from(cell) });
+    for (let h = HOPS - 2; h >= 0; h -= 1) {
+      counters[h] = (counters[h] as number) + 1;
+      assert.ok(layerBackward(relayKey(h, now + 1), counters[h] as number, cell, 0, S));
+      sent[h]!.push({ at: now, cell: Buffer.from(cell) });
+    }
+    assert.equal(open(cell, now + 5), seq, `the client opens the reply of ${now}`);
+  }
+  return sent;
+}
+
+test('seized relay memory at t opens no backward cell sent before t - W, originated or forwarded', () => {
+  const material = Array.from({ length: HOPS }, () => randomBytes(HOP_KEY_BYTES));
+  const relays = material.map((m, i) => new RelayHopKeys(m, 500 + 100 * i));
+  const client = material.map((m, i) => new ClientHopKeys(m, 900 + 300 * i));
+  const chosen = [0, 0, 0];
+  const seizeAt = 4 * EPOCH_MS + 33_000;
+  let seized: Buffer[][] = [];
+  const sent = backwardRun(
+    (h, now) => relays[h]!.backwardKey(now),
+    (cell, now) => unwrapBackwardEpochs(client, HOPS - 1, cell, 0, S, now, chosen),
+    seizeAt + 5000,
+    250,
+    seizeAt,
+    () => {
+      seized = relays.map((r) => {
+        const s = r.backward.inspect();
+        return [s.chain!, ...s.keys.map((k) => k.key)].map((b) => Buffer.from(b));
+      });
+    },
+    (now) => {
+      relays.forEach((r) => r.advance(now));
+      client.forEach((c) => c.advance(now));
+    },
+  );
+  for (let h = 0; h < HOPS; h += 1) {
+    const keys = derivedBackwardKeys(seized[h]!);
+    const origin = h === HOPS - 1;
+    let old = 0;
+    let recent = 0;
+    for (const { at, cell } of sent[h]!) {
+      const opens = keys.some((k) => opensBackward(k, cell, origin));
+      if (at < seizeAt - EPOCH_WINDOW_MS) {
+        old += 1;
+        assert.ok(!opens, `hop ${h + 1}: a seized key opens the cell it sent at ${at}`);
+      } else if (at >= seizeAt - 20_000 && at < seizeAt && opens) recent += 1;
+    }
+    assert.ok(old > 500);
+    assert.ok(recent > 0, `hop ${h + 1}: the seized keys open the cells of the current slot`);
+  }
+  // The client lost nothing over five slot changes (backwardRun checked each cell).
+  for (const c of client) assert.equal(c.backward.stats.unmatched, 0);
+});
+
+test('control: backward keys that last as long as the circuit give every recorded backward cell away', () => {
+  const material = Array.from({ length: HOPS }, () => randomBytes(HOP_KEY_BYTES));
+  const relays = material.map((m) => new HopKeys(m));
+  const client = material.map((m) => new HopKeys(m));
+  const seizeAt = 4 * EPOCH_MS + 33_000;
+  const sent = backwardRun(
+    (h) => relays[h]!,
+    (cell) => unwrapBackward(client, HOPS - 1, cell, 0, S),
+    seizeAt + 5000,
+    1000,
+    seizeAt,
+    () => {},
+    () => {},
+  );
+  for (let h = 0; h < HOPS; h += 1) {
+    const old = sent[h]!.filter((c) => c.at < seizeAt - EPOCH_WINDOW_MS);
+    assert.ok(old.length > 100);
+    for (const { cell } of old) assert.ok(opensBackward(relays[h]!, cell, h === HOPS - 1));
   }
 });

@@ -5,6 +5,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { createCipheriv } from 'node:crypto';
+import sodium from 'sodium-native';
+import {
+  backwardUse,
+  ClientHopKeys,
+  forwardUse,
+  hopRoots,
+  RelayHopKeys,
+} from '../../src/circuit/circuit-keys.js';
 import {
   EPOCH_CELLS,
   EPOCH_GRACE_MS,
@@ -79,4 +88,52 @@ test('vector key-epochs-v2: the receiver holds the keys it may be sent', () => {
   assert.equal(rx.inspect().chain!.toString('hex'), v.slot2_chain);
   assert.ok(held().includes(`2.0 ${v.slot2_key}`));
   assert.ok(held().includes(`1.0 ${v.slot1_key}`));
+});
+
+test('vector key-epoch-keys-v2: roots from the handshake material, the use keys of slot 0', () => {
+  const v = vector('key-epoch-keys-v2');
+  const m = Buffer.from(v.material!, 'hex');
+  const f = Buffer.alloc(32);
+  const b = Buffer.alloc(32);
+  hopRoots(m, f, b);
+  assert.equal(f.toString('hex'), v.root_forward);
+  assert.equal(b.toString('hex'), v.root_backward);
+  // The same through BLAKE2b directly: the label is the key, M the message.
+  const direct = Buffer.alloc(32);
+  sodium.crypto_generichash(direct, m, Buffer.from('shallot-v2 forward root'));
+  assert.equal(direct.toString('hex'), v.root_forward);
+  // The relay and the client agree on slot 0's keys in both directions.
+  const relay = new RelayHopKeys(m, 0);
+  const client = new ClientHopKeys(m, 0);
+  assert.equal(client.forward.inspect().keys[0]!.key.toString('hex'), v.forward_slot0_key);
+  assert.equal(relay.forward.inspect().keys[0]!.key.toString('hex'), v.forward_slot0_key);
+  assert.equal(relay.backward.inspect().keys[0]!.key.toString('hex'), v.backward_slot0_key);
+  assert.equal(client.backward.inspect().keys[0]!.key.toString('hex'), v.backward_slot0_key);
+  assert.equal(client.forward.key(0).forward.toString('hex'), v.kf);
+  const back = relay.backwardKey(0);
+  assert.equal(back.backwardOrigin.toString('hex'), v.kb_o);
+  assert.equal(back.backwardForward.toString('hex'), v.kb_f);
+  const kx = Buffer.alloc(16);
+  sodium.crypto_generichash(
+    kx,
+    Buffer.from('shallot-v2 use header'),
+    Buffer.from(v.backward_slot0_key!, 'hex'),
+  );
+  assert.equal(kx.toString('hex'), v.kx);
+  const out = Buffer.alloc(16);
+  back.permute(Buffer.alloc(16), out);
+  assert.equal(out.toString('hex'), v.kx_of_zero);
+  const aes = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+  assert.equal(aes.update(Buffer.alloc(16)).toString('hex'), v.kx_of_zero);
+  // Loading and wiping go through the same holders.
+  const h = forwardUse.create();
+  forwardUse.load(h, Buffer.from(v.forward_slot0_key!, 'hex'));
+  assert.equal(h.forward.toString('hex'), v.kf);
+  const hb = backwardUse.create();
+  backwardUse.load(hb, Buffer.from(v.backward_slot0_key!, 'hex'));
+  assert.equal(hb.backwardOrigin.toString('hex'), v.kb_o);
+  backwardUse.wipe(hb);
+  assert.ok(hb.backwardOrigin.every((x) => x === 0) && hb.backwardForward.every((x) => x === 0));
+  relay.wipe();
+  client.wipe();
 });
