@@ -2,7 +2,9 @@
  * The keys of one hop of a circuit, through their epochs (docs/protocol.md
  * 8.10): what a relay holds for a circuit, and what the client holds per
  * hop. The handshake's material M gives one root per direction and is
- * erased; each epoch key gives the keys its onion layer uses.
+ * erased; each epoch key gives the keys its onion layer uses (the labels
+ * and the derivation of docs/protocol.md 7.3, with the epoch key in place
+ * of the root):
  *
  *   SK_0(forward)  = BLAKE2b-256(key = "shallot-v2 forward root", M)
  *   SK_0(backward) = BLAKE2b-256(key = "shallot-v2 backward root", M)
@@ -28,8 +30,6 @@ import {
 const LABEL_ROOT_FORWARD = Buffer.from('shallot-v2 forward root', 'ascii');
 const LABEL_ROOT_BACKWARD = Buffer.from('shallot-v2 backward root', 'ascii');
 const LABEL_USE_FORWARD = Buffer.from('shallot-v2 use forward', 'ascii');
-const LABEL_USE_BACKWARD = Buffer.from('shallot-v2 use backward', 'ascii');
-const LABEL_USE_HEADER = Buffer.from('shallot-v2 use header', 'ascii');
 
 /** SK_0 of each direction from the handshake material (32 bytes each). */
 export function hopRoots(material: Buffer, forward: Buffer, backward: Buffer): void {
@@ -48,25 +48,26 @@ export const forwardUse: EpochKeyUse<ForwardEpochKey> = {
   wipe: (h) => sodium.sodium_memzero(h.forward),
 };
 
-// Scratch for loading an epoch's backward keys; zeroed after each load.
-const backwardTmp = Buffer.alloc(64);
-const headerTmp = Buffer.alloc(16);
+const zeroKey = Buffer.alloc(32);
 const noMaterial = Buffer.alloc(HOP_KEY_BYTES);
 
-/** An epoch's backward keys in a HopKeys (its forward key stays zero, unused). */
+/**
+ * An epoch's backward keys in a HopKeys (setBackwardKey: Kb_o | Kb_f and
+ * Kx as section 7.3 derives them from a root). Its forward key is unused.
+ */
 export const backwardUse: EpochKeyUse<HopKeys> = {
-  create: () => new HopKeys(noMaterial),
-  load: (h, key) => {
-    epochKdf(backwardTmp, key, LABEL_USE_BACKWARD);
-    epochKdf(headerTmp, key, LABEL_USE_HEADER);
-    h.loadBackward(backwardTmp.subarray(0, 32), backwardTmp.subarray(32, 64), headerTmp);
-    sodium.sodium_memzero(backwardTmp);
-    sodium.sodium_memzero(headerTmp);
+  create: () => {
+    const h = new HopKeys(noMaterial);
+    sodium.sodium_memzero(h.forward);
+    return h;
   },
+  load: (h, key) => h.setBackwardKey(key),
   wipe: (h) => {
     h.wipe();
-    // The AES key schedule lives in OpenSSL's context: replace it by one of zeros.
-    h.loadBackward(noMaterial, noMaterial, noMaterial.subarray(0, 16));
+    // The AES key schedule lives in OpenSSL's context: replace it by one of a zero key.
+    h.setBackwardKey(zeroKey);
+    sodium.sodium_memzero(h.backwardOrigin);
+    sodium.sodium_memzero(h.backwardForward);
   },
 };
 

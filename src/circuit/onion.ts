@@ -61,8 +61,11 @@ export const BACKWARD_TAIL_BYTES = BACKWARD_X_BYTES * (MAX_HOPS - 1);
 export const BACKWARD_OVERHEAD = BACKWARD_X_BYTES + TAG_BYTES + SEQ_BYTES + BACKWARD_TAIL_BYTES;
 /** Where the client finds the relay message in a backward cell unwrapBackward opened. */
 export const BACKWARD_BODY_AT = BACKWARD_X_BYTES + TAG_BYTES + SEQ_BYTES;
-/** Key material per hop from the handshake: Kf, Kb, Kx. */
-export const HOP_KEY_BYTES = 32 + 32 + 16;
+/**
+ * Key material M per hop from the handshake (section 7.3): 80 bytes, as in
+ * version 1, now the input of the key schedule of HopKeys.
+ */
+export const HOP_KEY_BYTES = 80;
 /** A forwarding hop's backward counter stays below this (it is exact as a number). */
 export const MAX_BACKWARD_COUNTER = Number.MAX_SAFE_INTEGER;
 
@@ -76,6 +79,15 @@ export function backwardCapacity(size: number): number {
   return size - BACKWARD_OVERHEAD;
 }
 
+/** Labels of the key schedule (docs/protocol.md section 7.3), ASCII. */
+const LABEL_FORWARD_ROOT = Buffer.from('shallot-v2 forward root', 'ascii');
+const LABEL_BACKWARD_ROOT = Buffer.from('shallot-v2 backward root', 'ascii');
+const LABEL_USE_FORWARD = Buffer.from('shallot-v2 use forward', 'ascii');
+const LABEL_USE_BACKWARD = Buffer.from('shallot-v2 use backward', 'ascii');
+const LABEL_USE_HEADER = Buffer.from('shallot-v2 use header', 'ascii');
+/** A direction key: the root of a direction, from which its use keys derive. */
+export const DIRECTION_KEY_BYTES = 32;
+
 /**
  * What a forward layer needs: Kf. HopKeys has it; so has the key of one
  * epoch (key-epochs.ts), which changes while the circuit lives.
@@ -85,48 +97,70 @@ export interface ForwardLayerKeys {
 }
 
 /**
- * The keys one hop shares with the client, each used for one purpose only
- * (docs/protocol.md section 8.5). Everything a layer needs from the
- * handshake is here, so that a later key schedule (epochs) can replace
- * what this holds without touching the layer code.
+ * The keys one hop shares with the client, each for one use only
+ * (docs/protocol.md section 7.3):
+ *
+ *   forward root  = BLAKE2b-256(key = "shallot-v2 forward root", M)
+ *   backward root = BLAKE2b-256(key = "shallot-v2 backward root", M)
+ *   Kf            = BLAKE2b-256(key = forward root, "shallot-v2 use forward")
+ *   Kb_o | Kb_f   = BLAKE2b-512(key = backward root, "shallot-v2 use backward")
+ *   Kx            = BLAKE2b-128(key = backward root, "shallot-v2 use header")
+ *
+ * with M the handshake's key material. Kb_o seals the cells the hop
+ * originates, Kb_f layers the cells it forwards: a hop's forwarding
+ * keystream, which the hops around it can learn, says nothing about the
+ * keystream of its own cells. Everything a layer needs is here, so that a
+ * key schedule with epochs replaces a direction's keys with
+ * setForwardKey / setBackwardKey without touching the layer code.
  */
 export class HopKeys {
   /** Kf: the hop's forward layer. */
-  readonly forward: Buffer;
+  readonly forward = Buffer.alloc(32);
   /** Kb_o: seals backward cells this hop originates. */
-  readonly backwardOrigin: Buffer;
+  readonly backwardOrigin = Buffer.alloc(32);
   /** Kb_f: the layer this hop adds to backward cells it forwards. */
-  readonly backwardForward: Buffer;
-  /** Kx: the header permutation of forwarded backward cells. */
-  private headerEnc: Cipher;
-  private headerDec: Decipher;
+  readonly backwardForward = Buffer.alloc(32);
+  /** Kx: the header permutation of forwarded backward cells (AES-128). */
+  private headerEnc!: Cipher;
+  private headerDec!: Decipher;
 
+  /** From the handshake's key material M (HOP_KEY_BYTES bytes); M is left to the caller to erase. */
   constructor(material: Buffer) {
     if (material.length < HOP_KEY_BYTES) throw new RangeError('hop key material too short');
     // Plain buffers, not sodium_malloc: guarded pages cost several memory
     // mappings each, and a relay holds thousands of circuits.
-    this.forward = Buffer.alloc(32);
-    this.backwardOrigin = Buffer.alloc(32);
-    this.backwardForward = Buffer.alloc(32);
-    material.copy(this.forward, 0, 0, 32);
-    material.copy(this.backwardOrigin, 0, 32, 64);
-    material.copy(this.backwardForward, 0, 32, 64);
-    const kx = material.subarray(64, 80);
+    const m = material.subarray(0, HOP_KEY_BYTES);
+    const root = Buffer.alloc(DIRECTION_KEY_BYTES);
+    // The label is BLAKE2b's key and M the message: M is longer than the
+    // 64 bytes a BLAKE2b key may have.
+    sodium.crypto_generichash(root, m, LABEL_FORWARD_ROOT);
+    this.setForwardKey(root);
+    sodium.crypto_generichash(root, m, LABEL_BACKWARD_ROOT);
+    this.setBackwardKey(root);
+    sodium.sodium_memzero(root);
+  }
+
+  /** Derive Kf from a forward direction key (32 bytes). */
+  setForwardKey(key: Buffer): void {
+    if (key.length !== DIRECTION_KEY_BYTES) throw new RangeError('direction key must be 32 bytes');
+    sodium.crypto_generichash(this.forward, LABEL_USE_FORWARD, key);
+  }
+
+  /** Derive Kb_o, Kb_f and Kx from a backward direction key (32 bytes). */
+  setBackwardKey(key: Buffer): void {
+    if (key.length !== DIRECTION_KEY_BYTES) throw new RangeError('direction key must be 32 bytes');
+    const both = Buffer.alloc(64);
+    sodium.crypto_generichash(both, LABEL_USE_BACKWARD, key);
+    both.copy(this.backwardOrigin, 0, 0, 32);
+    both.copy(this.backwardForward, 0, 32, 64);
+    sodium.sodium_memzero(both);
+    const kx = Buffer.alloc(16);
+    sodium.crypto_generichash(kx, LABEL_USE_HEADER, key);
     // ECB on exactly one block per call is a keyed permutation of that
     // block: no chaining state carries from one cell to the next.
     this.headerEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
     this.headerDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
-  }
-
-  /**
-   * Replace the backward keys (Kb_o, Kb_f, Kx): the key epochs of
-   * circuit-keys.ts load each epoch's keys into one HopKeys this way.
-   */
-  loadBackward(origin: Buffer, forward: Buffer, kx: Buffer): void {
-    origin.copy(this.backwardOrigin, 0, 0, 32);
-    forward.copy(this.backwardForward, 0, 0, 32);
-    this.headerEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
-    this.headerDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
+    sodium.sodium_memzero(kx);
   }
 
   /** A HopKeys is one choice of keys for unwrapBackwardChoosing. */

@@ -32,6 +32,8 @@ import {
   CloseReason,
   type CloseReasonCode,
   closeReasonText,
+  AUTH_VERSION,
+  authVersionOf,
   decodeAuth,
   decodeClose,
   encodeAuth,
@@ -461,7 +463,14 @@ export class LinkEndpoint {
     const theirRole = peer.role === 'dialer' ? ROLE_LISTENER : ROLE_DIALER;
     if (!msg || msg.role !== theirRole) {
       this.counters.authFailures += 1;
-      this.drop(peer, 'malformed AUTH from peer', CloseReason.badAuth);
+      const version = authVersionOf(this.rxBuf, o, len);
+      this.drop(
+        peer,
+        version !== null && version !== AUTH_VERSION
+          ? `the peer speaks protocol version ${version}, this node ${AUTH_VERSION}`
+          : 'malformed AUTH from peer',
+        CloseReason.badAuth,
+      );
       return;
     }
     const claimed = nodeIdOf(msg.publicKey);

@@ -19,7 +19,13 @@ export const MSG_BACKWARD = 0x24;
 /** DESTROY toward the client (from a circuit's next hop); MSG_DESTROY goes away from it. */
 export const MSG_DESTROY_BACK = 0x25;
 
-export const AUTH_VERSION = 1;
+/**
+ * The protocol version, carried in AUTH (docs/protocol.md 4.1). Version 2
+ * changed the onion layers, the key schedule and the cell capacities
+ * (section 8): a version 1 node cannot build or carry a version 2
+ * circuit, so a link between them is refused at AUTH.
+ */
+export const AUTH_VERSION = 2;
 export const ROLE_DIALER = 0;
 export const ROLE_LISTENER = 1;
 
@@ -77,6 +83,12 @@ export function encodeAuth(m: AuthMessage): Buffer {
   o += 2;
   m.attributes.copy(out, o);
   return out;
+}
+
+/** The version byte of what looks like an AUTH message, or null if too short to hold one. */
+export function authVersionOf(buf: Buffer, offset: number, len: number): number | null {
+  if (len < 2 || offset < 0 || offset + 2 > buf.length || buf[offset] !== MSG_AUTH) return null;
+  return buf[offset + 1] as number;
 }
 
 /** Decode an AUTH message from `buf[offset, offset+len)`; null if malformed. */

@@ -197,7 +197,7 @@ test('control: keys that last as long as the circuit (no epochs) give every reco
   const relays = material.map((m) => new HopKeys(m));
   const client = material.map((m) => new HopKeys(m));
   const seizeAt = 4 * EPOCH_MS + 27_000;
-  let seized: HopKeys[] = [];
+  let seized: ForwardLayerKeys[] = [];
   const recorded = run(
     seizeAt + 5000,
     1000,
@@ -205,7 +205,8 @@ test('control: keys that last as long as the circuit (no epochs) give every reco
     () => {},
     seizeAt,
     () => {
-      seized = relays.map((r) => new HopKeys(Buffer.concat([r.forward, Buffer.alloc(48)])));
+      // A copy of each relay's forward key, as its memory holds it.
+      seized = relays.map((r) => ({ forward: Buffer.from(r.forward) }));
     },
     client,
   );

@@ -22,7 +22,8 @@ test('AUTH encodes to the documented layout (known answer)', () => {
     signature: Buffer.alloc(64, 0xbb),
     attributes: Buffer.from([1, 4, 24, 10, 9, 0, 2]),
   });
-  const expected = '010100' + 'aa'.repeat(32) + 'bb'.repeat(64) + '0007' + '01041' + '80a090002';
+  // type 0x01, version 2 (docs/protocol.md 4.1), role 0.
+  const expected = '010200' + 'aa'.repeat(32) + 'bb'.repeat(64) + '0007' + '01041' + '80a090002';
   assert.equal(msg.toString('hex'), expected);
   const back = decodeAuth(msg, 0, msg.length);
   assert.ok(back);

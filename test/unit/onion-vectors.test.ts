@@ -62,11 +62,16 @@ import { REPLAY_WINDOW_SIZE } from '../../src/circuit/replay-window.js';
 import { ntorClientCreate, ntorClientFinish, ntorServerRespond } from '../../src/crypto/ntor.js';
 import { LINK_DATAGRAM_BYTES, LINK_MESSAGE_BYTES } from '../../src/link/constants.js';
 import {
+  AUTH_VERSION,
+  authVersionOf,
+  decodeAuth,
+  encodeAuth,
   MSG_BACKWARD,
   MSG_CREATE,
   MSG_CREATED,
   MSG_DESTROY,
   MSG_FORWARD,
+  ROLE_DIALER,
 } from '../../src/link/messages.js';
 import { formatIp, parseIp } from '../../src/net/cidr.js';
 
@@ -92,6 +97,25 @@ function field(v: Record<string, string>, name: string): string {
 
 const hex = (v: Record<string, string>, name: string) => Buffer.from(field(v, name), 'hex');
 const num = (v: Record<string, string>, name: string) => Number(field(v, name));
+
+/** Section 7.3's key schedule by libsodium directly, not through HopKeys. */
+function keySchedule(m: Buffer): { kf: Buffer; kbOrigin: Buffer; kbForward: Buffer; kx: Buffer } {
+  const b2 = (key: Buffer, msg: Buffer, n: number) => {
+    const out = Buffer.alloc(n);
+    sodium.crypto_generichash(out, msg, key);
+    return out;
+  };
+  const ascii = (t: string) => Buffer.from(t, 'ascii');
+  const fr = b2(ascii('shallot-v2 forward root'), m, 32);
+  const br = b2(ascii('shallot-v2 backward root'), m, 32);
+  const kb = b2(br, ascii('shallot-v2 use backward'), 64);
+  return {
+    kf: b2(fr, ascii('shallot-v2 use forward'), 32),
+    kbOrigin: kb.subarray(0, 32),
+    kbForward: kb.subarray(32),
+    kx: b2(br, ascii('shallot-v2 use header'), 16),
+  };
+}
 
 /** A `random` for wrapForward/sealBackward that hands out the given buffers, in order. */
 function fixedRandom(values: Buffer[]): { random: (buf: Buffer) => void; left: () => number } {
@@ -140,11 +164,8 @@ test('vector circuit-create-v1: ntor with a 32-byte id, as CREATE and CREATED ca
   const keys = ntorClientFinish(client.state, Buffer.concat([d.y, d.auth]), HOP_KEY_BYTES);
   assert.ok(keys);
   assert.equal(keys.toString('hex'), field(v, 'key_material'));
-  // The split of the key material.
-  const hop = new HopKeys(keys);
-  assert.equal(hop.forward.toString('hex'), field(v, 'kf'));
-  assert.equal(hop.backwardOrigin.toString('hex'), field(v, 'kb'));
-  assert.equal(keys.subarray(64, 80).toString('hex'), field(v, 'kx'));
+  // What the key schedule makes of it: vector hop-keys-v2.
+  assert.equal(keys.toString('hex'), field(vector('hop-keys-v2'), 'key_material'));
 
   // A relay under another id does not produce the same AUTH: the client refuses it.
   const other = ntorClientCreate(id, B, hex(v, 'client_secret'));
@@ -160,6 +181,41 @@ test('vector circuit-create-v1: ntor with a 32-byte id, as CREATE and CREATED ca
     circId,
     reason: num(v, 'destroy_reason'),
   });
+});
+
+test('vector hop-keys-v2: one key per use, each from a labelled BLAKE2b of the key material', () => {
+  const v = vector('hop-keys-v2');
+  const m = hex(v, 'key_material');
+  assert.equal(m.length, HOP_KEY_BYTES);
+  // By libsodium directly, as section 7.3 writes it.
+  const b2 = (key: Buffer, msg: Buffer, n: number) => {
+    const out = Buffer.alloc(n);
+    sodium.crypto_generichash(out, msg, key);
+    return out;
+  };
+  const ascii = (t: string) => Buffer.from(t, 'ascii');
+  const fr = b2(ascii('shallot-v2 forward root'), m, 32);
+  const br = b2(ascii('shallot-v2 backward root'), m, 32);
+  assert.equal(fr.toString('hex'), field(v, 'forward_root'));
+  assert.equal(br.toString('hex'), field(v, 'backward_root'));
+  assert.equal(b2(fr, ascii('shallot-v2 use forward'), 32).toString('hex'), field(v, 'kf'));
+  const kb = b2(br, ascii('shallot-v2 use backward'), 64);
+  assert.equal(kb.subarray(0, 32).toString('hex'), field(v, 'kb_origin'));
+  assert.equal(kb.subarray(32).toString('hex'), field(v, 'kb_forward'));
+  assert.equal(b2(br, ascii('shallot-v2 use header'), 16).toString('hex'), field(v, 'kx'));
+
+  // HopKeys holds the same keys.
+  const hop = new HopKeys(m);
+  assert.equal(hop.forward.toString('hex'), field(v, 'kf'));
+  assert.equal(hop.backwardOrigin.toString('hex'), field(v, 'kb_origin'));
+  assert.equal(hop.backwardForward.toString('hex'), field(v, 'kb_forward'));
+  const x = Buffer.alloc(16);
+  hop.permute(Buffer.alloc(16), x);
+  const aes = createCipheriv('aes-128-ecb', hex(v, 'kx'), null).setAutoPadding(false);
+  assert.ok(x.equals(aes.update(Buffer.alloc(16))), 'the header permutation is AES under Kx');
+  // Every use has its own key.
+  const all = [hop.forward, hop.backwardOrigin, hop.backwardForward].map((k) => k.toString('hex'));
+  assert.equal(new Set(all).size, 3);
 });
 
 test('vector onion-forward-v2: the client wraps, hop 1 peels and forwards, hop 2 reads', () => {
@@ -202,7 +258,7 @@ test('vector onion-forward-v2: the client wraps, hop 1 peels and forwards, hop 2
   sodium.crypto_stream_xchacha20(
     z,
     Buffer.concat([hex(v, 'hop1_nonce'), Buffer.alloc(8)]),
-    k1.subarray(0, 32),
+    keySchedule(k1).kf,
   );
   assert.equal(z.subarray(64 + size - 32).toString('hex'), field(v, 'filler'));
 
@@ -259,6 +315,8 @@ test('vector onion-backward-v2: the origin seals, hops 2 and 1 add their layers,
   assert.equal(cell.subarray(0, 16).toString('hex'), field(v, 'hop1_x'));
   assert.equal(cell.toString('hex'), field(v, 'cell'));
 
+  assert.equal(keySchedule(k1).kx.toString('hex'), field(v, 'hop1_kx'));
+  assert.equal(keySchedule(k1).kbForward.toString('hex'), field(v, 'hop1_kb_forward'));
   // Checked independently of onion.ts, with node's AES and libsodium's
   // XChaCha20: hop 1's header is AES(Kx_1, u64(c) || 0^8), and its body is
   // what it received, minus the last 16 bytes, under Z(Kb_f1, X' || 0^8).
@@ -367,6 +425,23 @@ test('vector circuit-sizes-v2: the size arithmetic of section 8', () => {
     [MSG_CREATE, MSG_CREATED, MSG_DESTROY, MSG_FORWARD, MSG_BACKWARD],
     [0x20, 0x21, 0x22, 0x23, 0x24],
   );
+});
+
+test('protocol version 2: AUTH says 2, and a version 1 AUTH is refused without a throw', () => {
+  const auth = encodeAuth({
+    role: ROLE_DIALER,
+    publicKey: Buffer.alloc(32, 1),
+    signature: Buffer.alloc(64, 2),
+    attributes: Buffer.alloc(0),
+  });
+  assert.equal(AUTH_VERSION, 2);
+  assert.equal(auth[1], 2);
+  assert.ok(decodeAuth(auth, 0, auth.length));
+  const v1 = Buffer.from(auth);
+  v1[1] = 1;
+  assert.equal(decodeAuth(v1, 0, v1.length), null, 'a version 1 peer does not get a link');
+  assert.equal(authVersionOf(v1, 0, v1.length), 1, 'the endpoint can say which version it was');
+  assert.equal(authVersionOf(v1, 0, 1), null);
 });
 
 test('vector circuit-limits-v1: the timers and limits of section 7.6', () => {
