@@ -5,12 +5,20 @@
 // slot boundaries. 1410-byte cells; each figure is the best of 5 runs,
 // interleaved, since the machine is shared. `node dist/test/bench/epoch-cost.js`.
 import { randomBytes } from 'node:crypto';
-import { ClientHopKeys, forwardKeysFor, RelayHopKeys } from '../../src/circuit/circuit-keys.js';
+import {
+  ClientHopKeys,
+  forwardKeysFor,
+  RelayHopKeys,
+  unwrapBackwardEpochs,
+} from '../../src/circuit/circuit-keys.js';
 import {
   HOP_KEY_BYTES,
   HopKeys,
+  layerBackward,
   PaddingSource,
   peelForward,
+  sealBackward,
+  unwrapBackward,
   wrapForward,
   type ForwardLayerKeys,
 } from '../../src/circuit/onion.js';
@@ -34,8 +42,12 @@ function time(f: () => void): number {
 }
 
 const staticHops = material.map((m) => new HopKeys(m));
-const staticCell = Buffer.alloc(S);
-wrapForward(staticHops, seqs, payload, S, staticCell, pad);
+// As many distinct cells as the epoch runs use, so both read the same amount of memory.
+const staticCells = Array.from({ length: N }, () => {
+  const c = Buffer.alloc(S);
+  wrapForward(staticHops, seqs, payload, S, c, pad);
+  return c;
+});
 // Cells under the epochs, made in advance with their send times.
 const maker = material.map((m) => new ClientHopKeys(m, 0));
 const cells = Array.from({ length: N }, (_, i) => {
@@ -44,11 +56,34 @@ const cells = Array.from({ length: N }, (_, i) => {
   return c;
 });
 
+// Backward cells from hop 3 through hops 2 and 1, static keys and epochs.
+const body = payload.subarray(0, 1200);
+const staticBack = Array.from({ length: N }, (_, i) => {
+  const c = Buffer.alloc(S);
+  sealBackward(staticHops[2]!, i + 1, body, S, c);
+  layerBackward(staticHops[1]!, i + 1, c, 0, S);
+  layerBackward(staticHops[0]!, i + 1, c, 0, S);
+  return c;
+});
+const relays = material.map((m) => new RelayHopKeys(m, 0));
+const backCells = Array.from({ length: N }, (_, i) => {
+  const c = Buffer.alloc(S);
+  const now = i * MS_PER_CELL;
+  sealBackward(relays[2]!.backwardKey(now), i + 1, body, S, c);
+  layerBackward(relays[1]!.backwardKey(now), i + 1, c, 0, S);
+  layerBackward(relays[0]!.backwardKey(now), i + 1, c, 0, S);
+  return c;
+});
+const work = Buffer.alloc(S);
+const chosen = [0, 0, 0];
+
 const best = {
   wrapStatic: Infinity,
   wrapEpochs: Infinity,
   peelStatic: Infinity,
   peelEpochs: Infinity,
+  unwrapStatic: Infinity,
+  unwrapEpochs: Infinity,
 };
 let stats = {};
 for (let run = 0; run < 5; run += 1) {
@@ -70,7 +105,7 @@ for (let run = 0; run < 5; run += 1) {
   best.peelStatic = Math.min(
     best.peelStatic,
     time(() => {
-      for (let i = 0; i < N; i += 1) peelForward(staticHops[0]!, staticCell, 0, S, scratch);
+      for (let i = 0; i < N; i += 1) peelForward(staticHops[0]!, staticCells[i]!, 0, S, scratch);
     }),
   );
   const relay = new RelayHopKeys(material[0]!, 0);
@@ -81,6 +116,25 @@ for (let run = 0; run < 5; run += 1) {
     }),
   );
   stats = relay.forward.stats;
+  best.unwrapStatic = Math.min(
+    best.unwrapStatic,
+    time(() => {
+      for (let i = 0; i < N; i += 1) {
+        staticBack[i]!.copy(work);
+        unwrapBackward(staticHops, 2, work, 0, S);
+      }
+    }),
+  );
+  const c = material.map((m) => new ClientHopKeys(m, 0));
+  best.unwrapEpochs = Math.min(
+    best.unwrapEpochs,
+    time(() => {
+      for (let i = 0; i < N; i += 1) {
+        backCells[i]!.copy(work);
+        unwrapBackwardEpochs(c, 2, work, 0, S, i * MS_PER_CELL + 3, chosen);
+      }
+    }),
+  );
 }
 console.log(
   JSON.stringify({
@@ -91,6 +145,10 @@ console.log(
       epochs: Math.round(best.wrapEpochs),
     },
     peelForwardNs: { static: Math.round(best.peelStatic), epochs: Math.round(best.peelEpochs) },
+    unwrapBackward3HopsNs: {
+      static: Math.round(best.unwrapStatic),
+      epochs: Math.round(best.unwrapEpochs),
+    },
     relayEpochStats: stats,
   }),
 );
