@@ -490,6 +490,7 @@ export function layerBackward(
   if (!Number.isSafeInteger(counter) || counter < 1) return false;
   // The header: AES(Kx, u64(c) || 0^8), a function of the counter only.
   writeU64(headerIn, 0, counter);
+  headerIn.fill(0, 8, 16);
   keys.permute(headerIn, nonce24);
   // The body: the incoming header and all of B but its last 16 bytes, that
   // is cell[0, S-16), under a keystream no other cell of this hop uses.
@@ -502,7 +503,9 @@ export function layerBackward(
   return true;
 }
 
-// Bytes 8-16 are never written: the zero half of u64(c) || 0^8.
+// layerBackward's u64(c) || 0^8 (bytes 8-16 stay zero there); unwrapBackward
+// uses it for the header it inverts and writes all 16 bytes, so
+// layerBackward clears the zero half again before use.
 const headerIn = Buffer.alloc(16);
 const headerOut = Buffer.alloc(16);
 const backTag = Buffer.alloc(TAG_BYTES);
@@ -571,9 +574,10 @@ export function unwrapBackwardChoosing(
   for (let i = 0; i < origin; i += 1) {
     const choice = hops[i]!;
     let hop: HopKeys | null = null;
+    workIn.copy(headerIn, 0, at, at + BACKWARD_X_BYTES);
     for (let k = 0; k < choice.count && !hop; k += 1) {
       const h = choice.key(k);
-      h.unpermute(workIn.subarray(at, at + BACKWARD_X_BYTES), headerOut);
+      h.unpermute(headerIn, headerOut);
       // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
       if (headerOut.readUInt32BE(8) === 0 && headerOut.readUInt32BE(12) === 0) {
         hop = h;
@@ -581,7 +585,7 @@ export function unwrapBackwardChoosing(
       }
     }
     if (!hop) return 0;
-    workIn.copy(nonce24, 0, at, at + BACKWARD_X_BYTES);
+    headerIn.copy(nonce24, 0);
     xorStream(workIn, workIn, at + BACKWARD_X_BYTES, len, nonce24, 0, hop.backwardForward);
     at += BACKWARD_X_BYTES;
     len -= BACKWARD_X_BYTES;
