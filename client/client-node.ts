@@ -38,12 +38,16 @@ import {
   RELAY_HEADER_BYTES,
 } from '../src/circuit/cells.js';
 import {
+  ClientHopKeys,
+  forwardKeysFor,
+  unwrapBackwardEpochs,
+} from '../src/circuit/circuit-keys.js';
+import {
   BACKWARD_BODY_AT,
   backwardCapacity,
   HOP_KEY_BYTES,
-  HopKeys,
+  type ForwardLayerKeys,
   PaddingSource,
-  unwrapBackward,
   wrapForward,
 } from '../src/circuit/onion.js';
 import { ReplayWindow } from '../src/circuit/replay-window.js';
@@ -94,7 +98,11 @@ type Pending = PendingKind & {
 };
 
 class Circuit {
-  readonly keys: HopKeys[] = [];
+  /** Per hop: forward keys through their epochs, backward keys (protocol 8.10). */
+  readonly keys: ClientHopKeys[] = [];
+  /** What wrapForward takes, refilled per cell; which backward key each hop used (no allocation). */
+  readonly forwardKeys: ForwardLayerKeys[] = [];
+  readonly chosen: number[] = [0, 0, 0, 0];
   readonly seqs: number[] = [];
   readonly windows: ReplayWindow[] = [];
   state: 'building' | 'ready' | 'closed' = 'building';
@@ -410,7 +418,8 @@ export class ClientNode {
       throw new Error(
         `hop ${circ.keys.length + 1} failed the handshake (wrong onion key or forged reply)`,
       );
-    circ.keys.push(new HopKeys(keys));
+    // Slot 0 of this hop's epochs starts now, after the relay made its state.
+    circ.keys.push(new ClientHopKeys(keys, this.now()));
     keys.fill(0);
     circ.seqs.push(0);
     circ.windows.push(new ReplayWindow());
@@ -519,9 +528,11 @@ export class ClientNode {
     // last hop cannot learn the path length from which class a message used.
     const size = forwardCellSize(msg.length, MAX_HOPS);
     for (let i = 0; i < n; i += 1) circ.seqs[i] = (circ.seqs[i] as number) + 1;
-    wrapForward(circ.keys, circ.seqs, msg, size, this.cell, this.padding);
+    const now = this.now();
+    const keys = forwardKeysFor(circ.keys, now, circ.forwardKeys);
+    wrapForward(keys, circ.seqs, msg, size, this.cell, this.padding);
     this.outbox.add(circ.guard, MSG_FORWARD, circ.id, this.cell, 0, size);
-    circ.lastSent = this.now();
+    circ.lastSent = now;
     circ.cellsOut += 1;
     return true;
   }
@@ -580,7 +591,8 @@ export class ClientNode {
   private onBackward(circ: Circuit, buf: Buffer, o: number, size: number): void {
     if (!isCellSize(size) || circ.keys.length === 0) return;
     const origin = circ.keys.length - 1;
-    const seq = unwrapBackward(circ.keys, origin, buf, o, size);
+    const now = this.now();
+    const seq = unwrapBackwardEpochs(circ.keys, origin, buf, o, size, now, circ.chosen);
     if (seq === 0) {
       this.counters.drops.badTag += 1;
       return;
@@ -589,7 +601,7 @@ export class ClientNode {
       this.counters.drops.replay += 1;
       return;
     }
-    circ.lastHeard = this.now();
+    circ.lastHeard = now;
     circ.cellsIn += 1;
     const m = decodeRelay(buf, o + BACKWARD_BODY_AT, backwardCapacity(size));
     if (!m) return;
@@ -714,6 +726,8 @@ export class ClientNode {
   private tick(): void {
     const c = this.current;
     const now = this.now();
+    // Keys whose epoch is over go now, also on an idle circuit.
+    for (const circ of this.circuits.values()) for (const k of circ.keys) k.advance(now);
     if (c && c.state === 'ready') {
       if (now - c.lastHeard > CIRCUIT_DEAD_MS) {
         this.fail(c, `nothing from the exit for ${CIRCUIT_DEAD_MS / 1000} s`);

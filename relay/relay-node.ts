@@ -43,12 +43,11 @@ import {
   isCellSize,
   Relay,
 } from '../src/circuit/cells.js';
+import { RelayHopKeys } from '../src/circuit/circuit-keys.js';
 import {
   backwardCapacity,
   HOP_KEY_BYTES,
-  HopKeys,
   layerBackward,
-  peelForward,
   sealBackward,
   SEQ_FLAG_FOR_THIS_HOP,
 } from '../src/circuit/onion.js';
@@ -94,7 +93,8 @@ export interface RelayCircuit {
   prevId: number;
   next: LinkPeer | null;
   nextId: number;
-  keys: HopKeys;
+  /** Forward keys through their epochs, backward keys (protocol 8.10). */
+  keys: RelayHopKeys;
   window: ReplayWindow;
   created: Buffer;
   /** Position on the circuit as its CREATE said, 1..MAX_HOPS. */
@@ -343,7 +343,8 @@ export class RelayNode {
       this.counters.drops.unknownCircuit += 1;
       return;
     }
-    const seq = peelForward(circ.keys, buf, o + 4, size, this.scratch);
+    const now = this.now();
+    const seq = circ.keys.peel(buf, o + 4, size, this.scratch, now);
     if (seq === 0) {
       this.counters.drops.badTag += 1;
       return;
@@ -352,7 +353,7 @@ export class RelayNode {
       this.counters.drops.replay += 1;
       return;
     }
-    circ.lastActivity = this.now();
+    circ.lastActivity = now;
     const forMe = (this.scratch[0] as number) & SEQ_FLAG_FOR_THIS_HOP;
     if (circ.next && !forMe) {
       this.outbox.add(circ.next, MSG_FORWARD, circ.nextId, this.scratch, 8, size);
@@ -390,11 +391,13 @@ export class RelayNode {
     // No filter on what the next hop sends: the layer depends only on this
     // hop's counter, so a repeated cell comes out unrelated to the first.
     circ.backwardForwarded += 1;
-    if (!layerBackward(circ.keys, circ.backwardForwarded, buf, o + 4, size)) {
+    const now = this.now();
+    const keys = circ.keys.backwardKey(now);
+    if (!layerBackward(keys, circ.backwardForwarded, buf, o + 4, size)) {
       this.counters.drops.badCell += 1;
       return;
     }
-    circ.lastActivity = this.now();
+    circ.lastActivity = now;
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, buf, o + 4, size);
     this.counters.cellsOut += 1;
   }
@@ -414,8 +417,9 @@ export class RelayNode {
     body.copy(msg, 3, off, off + len);
     const size = backwardCellSize(msg.length);
     circ.backwardSeq += 1;
-    circ.lastActivity = this.now();
-    sealBackward(circ.keys, circ.backwardSeq, msg, size, this.cellOut);
+    const now = this.now();
+    circ.lastActivity = now;
+    sealBackward(circ.keys.backwardKey(now), circ.backwardSeq, msg, size, this.cellOut);
     this.outbox.add(circ.prev, MSG_BACKWARD, circ.prevId, this.cellOut, 0, size);
     this.counters.cellsOut += 1;
   }
@@ -486,7 +490,7 @@ export class RelayNode {
       prevId: m.circId,
       next: null,
       nextId: 0,
-      keys: new HopKeys(r.keys),
+      keys: new RelayHopKeys(r.keys, this.now()),
       window: new ReplayWindow(),
       created,
       depth: m.depth,
@@ -743,11 +747,12 @@ export class RelayNode {
     this.outbox.flush();
   }
 
-  /** Retransmit CREATEs, time out extends, free idle circuits. */
+  /** Retransmit CREATEs, time out extends, free idle circuits, erase keys whose time is up. */
   tick(): void {
     const now = this.now();
     for (const table of [...this.byPrev.values()]) {
       for (const circ of [...table.values()]) {
+        circ.keys.advance(now);
         const ext = circ.extend;
         if (ext && !ext.done) {
           if (now - ext.createdAt > EXTEND_TIMEOUT_MS) {

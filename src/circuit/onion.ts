@@ -89,6 +89,14 @@ const LABEL_USE_HEADER = Buffer.from('shallot-v2 use header', 'ascii');
 export const DIRECTION_KEY_BYTES = 32;
 
 /**
+ * What a forward layer needs: Kf. HopKeys has it; so has the key of one
+ * epoch (key-epochs.ts), which changes while the circuit lives.
+ */
+export interface ForwardLayerKeys {
+  readonly forward: Buffer;
+}
+
+/**
  * The keys one hop shares with the client, each for one use only
  * (docs/protocol.md section 7.3):
  *
@@ -153,6 +161,15 @@ export class HopKeys {
     this.headerEnc = createCipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
     this.headerDec = createDecipheriv('aes-128-ecb', kx, null).setAutoPadding(false);
     sodium.sodium_memzero(kx);
+  }
+
+  /** A HopKeys is one choice of keys for unwrapBackwardChoosing. */
+  get count(): number {
+    return 1;
+  }
+
+  key(): HopKeys {
+    return this;
   }
 
   /** out[0, 16) = AES(Kx, x[0, 16)). */
@@ -315,7 +332,7 @@ function keystream(key: Buffer, nonce: Buffer, offset: number, len: number): Buf
  * counted by the caller).
  */
 export function peelForward(
-  keys: HopKeys,
+  keys: ForwardLayerKeys,
   cell: Buffer,
   off: number,
   size: number,
@@ -346,7 +363,7 @@ export function peelForward(
  * plaintext is filled from `padding`.
  */
 export function wrapForward(
-  hops: HopKeys[],
+  hops: ForwardLayerKeys[],
   seqs: number[],
   payload: Buffer,
   size: number,
@@ -408,7 +425,7 @@ const ksTmp = Buffer.alloc(roundRun(64 + F * MAX_WRAP_HOPS));
  * and the tag.
  */
 function sealForwardLayer(
-  keys: HopKeys,
+  keys: ForwardLayerKeys,
   nonce: Buffer,
   cLen: number,
   tail: Buffer,
@@ -499,6 +516,19 @@ function writeU64(buf: Buffer, o: number, v: number): void {
 }
 
 /**
+ * The keys a hop's backward layer may be under, in the order to try (the
+ * key epochs of docs/protocol.md 8.10: current, next step, next slot,
+ * previous). A HopKeys is a choice of one.
+ */
+export interface BackwardKeyChoice {
+  readonly count: number;
+  key(i: number): HopKeys;
+}
+
+/** Which key of each hop's choice opened the last cell unwrapBackwardChoosing accepted. */
+const noChoice: number[] = [];
+
+/**
  * Client side: remove the layers of hops[0..origin) from a backward cell,
  * then authenticate and open the origin hop's seal. Returns the origin's
  * sequence number (> 0) with the relay message at
@@ -514,6 +544,24 @@ export function unwrapBackward(
   off: number,
   size: number,
 ): number {
+  return unwrapBackwardChoosing(hops, origin, cell, off, size, noChoice);
+}
+
+/**
+ * unwrapBackward where each hop's layer may be under one of several keys:
+ * a forwarding hop's is the first whose header inverts to u64(c) || 0^8
+ * (a wrong key passes with probability 2^-64), the origin's the first
+ * whose tag verifies. On success `chosen[i]` (if `chosen` has room) is the
+ * index of the key that opened hop i's layer.
+ */
+export function unwrapBackwardChoosing(
+  hops: readonly BackwardKeyChoice[],
+  origin: number,
+  cell: Buffer,
+  off: number,
+  size: number,
+  chosen: number[],
+): number {
   if (origin < 0 || origin >= hops.length || origin > MAX_HOPS - 1) return 0;
   if (size < BACKWARD_OVERHEAD || off < 0 || off + size > cell.length) return 0;
   // The cell is worked on in place in workIn from HEAD: removing a layer
@@ -524,11 +572,19 @@ export function unwrapBackward(
   let at = HEAD;
   let len = size - BACKWARD_X_BYTES;
   for (let i = 0; i < origin; i += 1) {
-    const hop = hops[i]!;
+    const choice = hops[i]!;
+    let hop: HopKeys | null = null;
     workIn.copy(headerIn, 0, at, at + BACKWARD_X_BYTES);
-    hop.unpermute(headerIn, headerOut);
-    // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
-    if (headerOut.readUInt32BE(8) !== 0 || headerOut.readUInt32BE(12) !== 0) return 0;
+    for (let k = 0; k < choice.count && !hop; k += 1) {
+      const h = choice.key(k);
+      h.unpermute(headerIn, headerOut);
+      // u64(c) || 0^8: a header no forwarding hop wrote is refused here.
+      if (headerOut.readUInt32BE(8) === 0 && headerOut.readUInt32BE(12) === 0) {
+        hop = h;
+        if (i < chosen.length) chosen[i] = k;
+      }
+    }
+    if (!hop) return 0;
     headerIn.copy(nonce24, 0);
     xorStream(workIn, workIn, at + BACKWARD_X_BYTES, len, nonce24, 0, hop.backwardForward);
     at += BACKWARD_X_BYTES;
@@ -540,14 +596,20 @@ export function unwrapBackward(
   workIn.copy(backTag, 0, at + BACKWARD_X_BYTES, at + BACKWARD_X_BYTES + TAG_BYTES);
   const cAt = at + BACKWARD_X_BYTES + TAG_BYTES;
   workIn.copy(workOut, HEAD, cAt, cAt + cLen);
-  streamFromBlock0(workIn, workOut, HEAD + cLen, nonce24, hops[origin]!.backwardOrigin);
-  if (!sodium.crypto_onetimeauth_verify(backTag, workOut.subarray(HEAD, HEAD + cLen), keyIn)) {
-    return 0;
+  const choice = hops[origin]!;
+  for (let k = 0; k < choice.count; k += 1) {
+    // workOut[HEAD, HEAD+cLen) keeps C; each try decrypts it into workIn.
+    streamFromBlock0(workIn, workOut, HEAD + cLen, nonce24, choice.key(k).backwardOrigin);
+    if (!sodium.crypto_onetimeauth_verify(backTag, workOut.subarray(HEAD, HEAD + cLen), keyIn)) {
+      continue;
+    }
+    const seq = readSeq(workIn, HEAD);
+    if (seq === 0) return 0;
+    if (origin < chosen.length) chosen[origin] = k;
+    workIn.copy(cell, off + BACKWARD_X_BYTES + TAG_BYTES, HEAD, HEAD + cLen);
+    return seq;
   }
-  const seq = readSeq(workIn, HEAD);
-  if (seq === 0) return 0;
-  workIn.copy(cell, off + BACKWARD_X_BYTES + TAG_BYTES, HEAD, HEAD + cLen);
-  return seq;
+  return 0;
 }
 
 /**

@@ -35,6 +35,14 @@ import {
   wrapForward,
 } from '../../../src/circuit/onion.js';
 import { REPLAY_WINDOW_SIZE, ReplayWindow } from '../../../src/circuit/replay-window.js';
+import {
+  ClientHopKeys,
+  forwardKeysFor,
+  RelayHopKeys,
+  unwrapBackwardEpochs,
+} from '../../../src/circuit/circuit-keys.js';
+import { EPOCH_WINDOW_MS } from '../../../src/circuit/key-epochs.js';
+import type { ForwardLayerKeys } from '../../../src/circuit/onion.js';
 import { Rng } from '../rng.js';
 import { check, codecTarget, type FuzzTarget } from '../target.js';
 
@@ -337,6 +345,97 @@ export const replayWindowTarget: FuzzTarget = {
   weight: 0.3,
 };
 
+let epochOpened = 0;
+let epochRefusedLate = 0;
+
+/**
+ * The key epochs of one hop (docs/protocol.md 8.10) as a state machine
+ * driven by the input, three bytes an operation: let time pass (up to
+ * 650 s), the client sends a forward cell, the relay sends a backward one,
+ * or a recorded cell is delivered (any of the last 32, so reordered,
+ * repeated, late) as it was or with a byte flipped. Checked: nothing
+ * throws; a flipped cell never opens; no cell opens W = 70 s or more after
+ * it was sent (the forward-secrecy window); a cell delivered as soon as it
+ * was sent always opens; the receivers hold at most four keys.
+ */
+export const epochsTarget: FuzzTarget = {
+  name: 'circuit/key-epochs',
+  seeds() {
+    const r = new Rng(77);
+    return [
+      r.bytes(30),
+      r.bytes(90),
+      Buffer.from([0, 255, 255, 1, 0, 0, 2, 0, 0, 3, 0, 0, 4, 0, 0]),
+    ];
+  },
+  run(input) {
+    const m = material[0] as Buffer;
+    const size = CELL_SMALL;
+    // The relay made its state 300 ms before the client finished the handshake.
+    const relay = new RelayHopKeys(m, 0);
+    const client = [new ClientHopKeys(m, 300)];
+    const list: ForwardLayerKeys[] = [];
+    const chosen = [0];
+    const pad = new PaddingSource(Buffer.alloc(32, 9));
+    const scratch = Buffer.alloc(size + 8);
+    const sent: { at: number; cell: Buffer; forward: boolean }[] = [];
+    let now = 300;
+    let seq = 0;
+    const deliver = (c: { at: number; cell: Buffer; forward: boolean }, flip: number) => {
+      const cell = Buffer.from(c.cell);
+      if (flip >= 0) cell[flip % size] = (cell[flip % size] as number) ^ 0x01;
+      const ok = c.forward
+        ? relay.peel(cell, 0, size, scratch, now) > 0
+        : unwrapBackwardEpochs(client, 0, cell, 0, size, now, chosen) > 0;
+      check(!(ok && flip >= 0), 'a modified cell opened');
+      if (ok) {
+        check(now - c.at < EPOCH_WINDOW_MS, `a cell sent at ${c.at} opened at ${now}`);
+        epochOpened += 1;
+      } else if (flip < 0 && now - c.at >= EPOCH_WINDOW_MS) epochRefusedLate += 1;
+      return ok;
+    };
+    for (let o = 0; o + 3 <= input.length; o += 3) {
+      const op = (input[o] as number) % 6;
+      const a = input[o + 1] as number;
+      const b = input[o + 2] as number;
+      if (op === 0) {
+        now += a * b * 10;
+        relay.advance(now);
+        client[0]!.advance(now);
+      } else if (op === 1 || op === 2) {
+        seq += 1;
+        const cell = Buffer.alloc(size);
+        if (op === 1) {
+          wrapForward(
+            forwardKeysFor(client, now, list),
+            [seq],
+            Buffer.from([9, 0, 1, a]),
+            size,
+            cell,
+            pad,
+          );
+        } else sealBackward(relay.backwardKey(now), seq, Buffer.from([10, 0, 1, a]), size, cell);
+        const c = { at: now, cell, forward: op === 1 };
+        sent.push(c);
+        if (sent.length > 32) sent.shift();
+        // At once, in order: it opens.
+        if (b < 128) check(deliver(c, -1), 'a cell delivered as it was sent did not open');
+      } else {
+        const c = sent[sent.length - 1 - (a % Math.max(1, sent.length))];
+        if (c) deliver(c, op === 4 ? b : -1);
+      }
+      check(relay.forward.inspect().keys.length <= 4, 'the relay holds more than 4 keys');
+      check(client[0]!.backward.inspect().keys.length <= 4, 'the client holds more than 4 keys');
+    }
+    relay.wipe();
+    client[0]!.wipe();
+    return true;
+  },
+  maxLength: 300,
+  weight: 0.3,
+  stats: () => `opened ${epochOpened}, refused after the window ${epochRefusedLate}`,
+};
+
 export const circuitTargets: FuzzTarget[] = [
   createTarget,
   createdTarget,
@@ -347,4 +446,5 @@ export const circuitTargets: FuzzTarget[] = [
   unwrapBackwardTarget,
   layerBackwardTarget,
   replayWindowTarget,
+  epochsTarget,
 ];
