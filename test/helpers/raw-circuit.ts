@@ -19,11 +19,15 @@ import {
   relayMessage,
 } from '../../src/circuit/cells.js';
 import {
+  ClientHopKeys,
+  forwardKeysFor,
+  unwrapBackwardEpochs,
+} from '../../src/circuit/circuit-keys.js';
+import {
   HOP_KEY_BYTES,
-  HopKeys,
   PaddingSource,
-  unwrapBackward,
   wrapForward,
+  type ForwardLayerKeys,
 } from '../../src/circuit/onion.js';
 import { ntorClientCreate, ntorClientFinish, type NtorClientState } from '../../src/crypto/ntor.js';
 import { ephemeralIdentity } from '../../src/identity.js';
@@ -54,7 +58,10 @@ export type Answer =
   | { kind: 'timeout' };
 
 export class RawCircuit {
-  readonly keys: HopKeys[] = [];
+  readonly keys: ClientHopKeys[] = [];
+  /** wrapForward's per-cell key list and unwrap's per-hop choice, reused. */
+  readonly forwardKeys: ForwardLayerKeys[] = [];
+  readonly chosen: number[] = [];
   readonly seqs: number[] = [];
   /** The handshake of the hop being added, and its answer once it came. */
   pending: NtorClientState | null = null;
@@ -158,7 +165,14 @@ export class RawClient {
     const msg = relayMessage(command, body);
     for (let i = 0; i < c.seqs.length; i += 1) c.seqs[i] = (c.seqs[i] as number) + 1;
     const size = forwardCellSize(msg.length, c.hops);
-    wrapForward(c.keys, c.seqs, msg, size, this.cell, this.padding);
+    wrapForward(
+      forwardKeysFor(c.keys, Date.now(), c.forwardKeys),
+      c.seqs,
+      msg,
+      size,
+      this.cell,
+      this.padding,
+    );
     this.outbox.add(c.peer, MSG_FORWARD, c.circId, this.cell, 0, size);
   }
 
@@ -219,7 +233,8 @@ export class RawClient {
   private addHop(c: RawCircuit, reply: Buffer): void {
     const keys = ntorClientFinish(c.pending as NtorClientState, reply, HOP_KEY_BYTES);
     if (!keys) throw new Error(`hop ${c.hops + 1} failed the handshake`);
-    c.keys.push(new HopKeys(keys));
+    // Epoch keys from the moment CREATED arrived, as the client's (protocol 8.10).
+    c.keys.push(new ClientHopKeys(keys, Date.now()));
     keys.fill(0);
     c.seqs.push(0);
     c.heard.push(0);
@@ -243,7 +258,7 @@ export class RawClient {
     const size = len - 4;
     for (let origin = c.hops - 1; origin >= 0; origin -= 1) {
       const copy = Buffer.from(buf.subarray(o + 4, o + len));
-      if (unwrapBackward(c.keys, origin, copy, 0, size) === 0) continue;
+      if (unwrapBackwardEpochs(c.keys, origin, copy, 0, size, Date.now(), c.chosen) === 0) continue;
       c.heard[origin] = (c.heard[origin] as number) + 1;
       const m = decodeRelay(copy, 40, size - 40);
       if (!m) return;
