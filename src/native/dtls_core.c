@@ -506,6 +506,30 @@ int dtls_sess_export(dtls_sess *s, const char *label, size_t label_len, uint8_t 
   return ok ? 0 : -1;
 }
 
+int dtls_sess_limit_handshake_mtu(dtls_sess *s, int mtu) {
+  if (s == NULL || s->ssl == NULL || s->failed || SSL_is_init_finished(s->ssl)) return -1;
+  if (mtu < DTLS_MIN_MTU || mtu > s->hs_mtu) return -1;
+  if (SSL_set_mtu(s->ssl, mtu) <= 0) {
+    ERR_clear_error();
+    return -1;
+  }
+  s->hs_mtu = mtu;
+  s->mtu_set = 0; /* the full mtu is set when the handshake completes */
+  return 0;
+}
+
+int dtls_sess_test_secrets(dtls_sess *s, uint8_t *out, size_t cap) {
+  const char *on = getenv("SHALLOT_DTLS_TEST_SECRETS");
+  if (on == NULL || strcmp(on, "1") != 0) return -1;
+  if (!dtls_sess_established(s) || out == NULL || cap < DTLS_TEST_SECRETS_LEN) return -1;
+  SSL_SESSION *ss = SSL_get_session(s->ssl);
+  if (ss == NULL || SSL_SESSION_get_master_key(ss, out, 48) != 48 ||
+      SSL_get_client_random(s->ssl, out + 48, 32) != 32 ||
+      SSL_get_server_random(s->ssl, out + 80, 32) != 32)
+    return -1;
+  return DTLS_TEST_SECRETS_LEN;
+}
+
 const char *dtls_sess_cipher(const dtls_sess *s) {
   const SSL_CIPHER *c = s && s->ssl ? SSL_get_current_cipher(s->ssl) : NULL;
   const char *name = c ? SSL_CIPHER_get_name(c) : NULL;

@@ -395,6 +395,60 @@ static void test_epoch0_forgeries(const ident *a, const ident *b) {
   dtls_ctx_free(cc);
 }
 
+/* A handshake limited to 300-byte datagrams (as a re-key inside another
+ * session's records is), then the full mtu; the test secrets stay closed
+ * without the environment switch. */
+static void test_limited_handshake_mtu(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  dtls_sess *c = dtls_ctx_connect(cc);
+  CHECK(dtls_sess_limit_handshake_mtu(c, DTLS_MIN_MTU - 1) == -1);
+  CHECK(dtls_sess_limit_handshake_mtu(c, 1401) == -1);
+  CHECK(dtls_sess_limit_handshake_mtu(c, 300) == 0);
+  CHECK(dtls_sess_pump(c) == 0);
+  dtls_sess *s = NULL;
+  for (int round = 0; round < 4 && s == NULL; round++) {
+    int len = dtls_sess_flush(c, out, sizeof out), off = 0, n;
+    const uint8_t *d;
+    while (s == NULL && (n = next_dgram(out, len, &off, &d)) >= 0) {
+      int r = lsn(sc, d, n, "limited");
+      if (r == DTLS_LISTEN_VERIFIED) {
+        s = dtls_ctx_accept(sc);
+        CHECK(s != NULL && dtls_sess_limit_handshake_mtu(s, 300) == 0);
+        CHECK(dtls_sess_pump(s) == 0);
+      } else {
+        CHECK(r > 0 && dtls_sess_receive(c, hvr, (size_t)r, app, sizeof app) == 0);
+      }
+    }
+  }
+  CHECK(s != NULL);
+  for (int i = 0; i < 10 && !(dtls_sess_established(c) && dtls_sess_established(s)); i++) {
+    dtls_sess *from = i % 2 ? c : s, *to = i % 2 ? s : c;
+    int len = dtls_sess_flush(from, out, sizeof out), off = 0, n;
+    const uint8_t *d;
+    while ((n = next_dgram(out, len, &off, &d)) >= 0) {
+      CHECK(n <= 300);
+      CHECK(dtls_sess_receive(to, d, (size_t)n, app, sizeof app) >= 0);
+    }
+  }
+  finish(c, s);
+  CHECK(dtls_sess_max_plaintext(c) > 1300 && dtls_sess_max_plaintext(s) > 1300);
+  CHECK(dtls_sess_limit_handshake_mtu(c, 300) == -1); /* too late */
+  uint8_t sec[DTLS_TEST_SECRETS_LEN];
+  unsetenv("SHALLOT_DTLS_TEST_SECRETS");
+  CHECK(dtls_sess_test_secrets(c, sec, sizeof sec) == -1);
+  setenv("SHALLOT_DTLS_TEST_SECRETS", "1", 1);
+  CHECK(dtls_sess_test_secrets(c, sec, sizeof sec - 1) == -1);
+  CHECK(dtls_sess_test_secrets(c, sec, sizeof sec) == DTLS_TEST_SECRETS_LEN);
+  uint8_t sec2[DTLS_TEST_SECRETS_LEN];
+  CHECK(dtls_sess_test_secrets(s, sec2, sizeof sec2) == DTLS_TEST_SECRETS_LEN);
+  CHECK(memcmp(sec, sec2, sizeof sec) == 0); /* both ends hold the same secrets */
+  unsetenv("SHALLOT_DTLS_TEST_SECRETS");
+  dtls_sess_free(c);
+  dtls_sess_free(s);
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
 /* A fresh identity whose certificate carries a 6000-byte opaque extension,
  * so the server's first flight exceeds OpenSSL's 4 KiB handshake buffer. */
 static ident big_ident(void) {
@@ -511,6 +565,7 @@ int main(void) {
   test_big_mtu(&a, &b);
   test_lost_flight(&a, &b);
   test_epoch0_forgeries(&a, &b);
+  test_limited_handshake_mtu(&a, &b);
   free(a.key);
   free(a.cert);
   free(b.key);
