@@ -246,3 +246,50 @@ test('a node seized after a re-key cannot decrypt link records captured before i
   const opened = await seizeAfter(2, 1000, 2500);
   assert.equal(opened, 0, `the seized keys open ${opened} records captured before the re-key`);
 });
+
+test('re-keys complete through 20% loss, and the link stays up', async () => {
+  let seed = 7;
+  const net = new MemoryNetwork(() => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const { dialer, listener } = await pair(net, 3, { rekeyAfterMs: 1000 });
+  net.lossRate = 0.2;
+  let sent = 0;
+  const timer = setInterval(() => {
+    const [b, len] = batch(sent, 2, 200);
+    dialer.ep.sendMessages(dialer.up[0] as LinkPeer, b, len, 2);
+    listener.ep.sendMessages(listener.up[0] as LinkPeer, b, len, 2);
+    sent += 2;
+  }, 10);
+  await waitFor(
+    'two re-keys at both ends',
+    () => dialer.ep.counters.rekeys >= 2 && listener.ep.counters.rekeys >= 2,
+    15_000,
+    20,
+  );
+  clearInterval(timer);
+  assert.deepEqual([dialer.down, listener.down], [[], []], 'the link never went down');
+  // With 20% loss about 80% arrive: the re-keys cost nothing beyond the loss.
+  for (const s of [dialer, listener])
+    assert.ok(s.got.length > sent * 0.7, `${s.got.length} of ${sent}`);
+});
+
+test('a peer that never re-keys loses the link at the deadline (virtual clock)', async () => {
+  const net = new MemoryNetwork();
+  let now = 5_000_000;
+  const clock = () => now;
+  const listener = await side(net, '10.0.30.99', 7000, true, { now: clock, rekeyAfterMs: 1000 });
+  // A dialer that never starts a re-key (as an old or hostile peer would).
+  const dialer = await side(net, '10.0.30.100', 40000, false, { now: clock, rekeyAfterMs: 0 });
+  dialer.ep.dial('10.0.30.99', 7000, listener.id);
+  await waitFor('up', () => dialer.up.length === 1 && listener.up.length === 1, 5000, 5);
+  // 30 s of grace after the 1 s interval, in 2 s steps with keepalives flowing.
+  for (let step = 0; step < 15; step += 1) {
+    now += 2000;
+    dialer.ep.tick();
+    listener.ep.tick();
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.deepEqual(listener.down, [], 'still up 30 s after the interval');
+  now += 2000;
+  listener.ep.tick();
+  assert.deepEqual(listener.down, ['link not re-keyed in time']);
+});
