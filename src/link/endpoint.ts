@@ -180,6 +180,8 @@ export interface LinkEndpointOptions {
   rekeyAfterMs?: number;
   /** How long the old session decrypts after a re-key (REKEY_OVERLAP_MS). */
   rekeyOverlapMs?: number;
+  /** Records on one session that trigger a re-key (REKEY_AFTER_RECORDS). */
+  rekeyAfterRecords?: number;
   maxPeers?: number;
   datagramBytes?: number;
 }
@@ -236,6 +238,7 @@ export class LinkEndpoint {
   private readonly maxPeers: number;
   private readonly rekeyAfterMs: number;
   private readonly rekeyOverlapMs: number;
+  private readonly rekeyAfterRecords: number;
   /** Answer to the discovery key query (listening nodes only). */
   private readonly keyAnswer: Buffer | null;
 
@@ -248,6 +251,7 @@ export class LinkEndpoint {
     this.maxPeers = options.maxPeers ?? C.MAX_PEERS;
     this.rekeyAfterMs = options.rekeyAfterMs ?? C.REKEY_AFTER_MS;
     this.rekeyOverlapMs = options.rekeyOverlapMs ?? C.REKEY_OVERLAP_MS;
+    this.rekeyAfterRecords = options.rekeyAfterRecords ?? C.REKEY_AFTER_RECORDS;
     this.ctx = new dtls.DtlsContext({
       certPem: options.identity.link.certPem,
       keyPem: options.identity.link.keyPem,
@@ -741,7 +745,8 @@ export class LinkEndpoint {
     } else if (
       peer.role === 'dialer' &&
       now >= peer.rekeyNotBefore &&
-      (now - peer.sessionSince >= this.rekeyAfterMs || peer.sessionRecords >= C.REKEY_AFTER_RECORDS)
+      (now - peer.sessionSince >= this.rekeyAfterMs ||
+        peer.sessionRecords >= this.rekeyAfterRecords)
     ) {
       this.startRekey(peer);
     }

@@ -8,7 +8,7 @@ import { after, test } from 'node:test';
 import { ephemeralIdentity } from '../../src/identity.js';
 import { LinkEndpoint, type LinkEndpointOptions, type LinkPeer } from '../../src/link/endpoint.js';
 import { MSG_DATA } from '../../src/link/messages.js';
-import { MemoryNetwork } from '../../src/link/transport.js';
+import { MemoryNetwork, UdpTransport } from '../../src/link/transport.js';
 import type { NativeDtlsSession } from '../../src/native/binding.js';
 import { waitFor } from '../helpers/netns.js';
 
@@ -292,4 +292,77 @@ test('a peer that never re-keys loses the link at the deadline (virtual clock)',
   now += 2000;
   listener.ep.tick();
   assert.deepEqual(listener.down, ['link not re-keyed in time']);
+});
+
+test('a link re-keys after its record count, long before its interval', async () => {
+  const net = new MemoryNetwork();
+  const { dialer, listener } = await pair(net, 4, { rekeyAfterRecords: 2000 });
+  let sent = 0;
+  while (sent < 7000) {
+    const [b, len] = batch(sent, 50, 100);
+    dialer.ep.sendMessages(dialer.up[0] as LinkPeer, b, len, 50);
+    sent += 50;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await waitFor('delivered', () => listener.got.length >= sent, 3000, 10);
+  // The dialer counts on the 100 ms tick; 2,000 records take about 200 ms here.
+  assert.ok(dialer.ep.counters.rekeys >= 2, `re-keys: ${dialer.ep.counters.rekeys}`);
+  assert.equal(new Set(listener.got).size, sent, 'nothing lost');
+});
+
+test('re-keys over real UDP on loopback lose nothing', async () => {
+  const mk = (port: number, listen: boolean): Side => {
+    const identity = ephemeralIdentity();
+    const s: Side = {
+      ep: undefined as unknown as LinkEndpoint,
+      id: identity.id,
+      up: [],
+      down: [],
+      got: [],
+    };
+    s.ep = new LinkEndpoint({
+      identity,
+      transport: new UdpTransport('127.0.0.1', port),
+      listen: listen ? { allowedIds: null } : null,
+      rekeyAfterMs: 1000,
+      onPeerUp: (p) => s.up.push(p),
+      onPeerDown: (_p, reason) => s.down.push(reason),
+      onMessage: (_p, _t, buf, o, len) => {
+        if (len >= 4) s.got.push(buf.readUInt32BE(o));
+      },
+    });
+    endpoints.push(s.ep);
+    return s;
+  };
+  const listener = mk(0, true);
+  await listener.ep.start();
+  const dialer = mk(0, false);
+  await dialer.ep.start();
+  const at = (listener.ep.describe() as { address: { port: number } }).address;
+  dialer.ep.dial('127.0.0.1', at.port, listener.id);
+  await waitFor('up', () => dialer.up.length === 1 && listener.up.length === 1, 5000, 5);
+  let sent = 0;
+  const timer = setInterval(() => {
+    const [b, len] = batch(sent, 8, 1000);
+    dialer.ep.sendMessages(dialer.up[0] as LinkPeer, b, len, 8);
+    listener.ep.sendMessages(listener.up[0] as LinkPeer, b, len, 8);
+    sent += 8;
+  }, 3);
+  await new Promise((r) => setTimeout(r, 3500));
+  clearInterval(timer);
+  await waitFor(
+    'delivered',
+    () => dialer.got.length >= sent && listener.got.length >= sent,
+    3000,
+    10,
+  );
+  assert.ok(
+    dialer.ep.counters.rekeys >= 2 && listener.ep.counters.rekeys >= 2,
+    'two re-keys or more',
+  );
+  assert.deepEqual([dialer.down, listener.down], [[], []]);
+  assert.equal(new Set(dialer.got).size, sent);
+  assert.equal(new Set(listener.got).size, sent);
+  dialer.ep.stop();
+  listener.ep.stop();
 });
