@@ -15,6 +15,7 @@ import {
 } from './targets/dtls.js';
 import { establishedTarget, listenerTarget, peerMessagesTarget } from './targets/endpoint.js';
 import { offloadTarget } from './targets/offload.js';
+import { rekeyTarget } from './targets/rekey.js';
 import type { FuzzTarget } from './target.js';
 
 export const targets: FuzzTarget[] = [
@@ -32,6 +33,7 @@ export const targets: FuzzTarget[] = [
   listenerTarget,
   establishedTarget,
   peerMessagesTarget,
+  rekeyTarget,
   // direct mode above a link
   fromLinkTarget,
   admissionTarget,
