@@ -35,6 +35,11 @@ export const REKEY_AFTER_RECORDS = 2 ** 24;
 export const REKEY_REJECT_GRACE_MS = 30_000;
 /** A re-key handshake not complete in this long is abandoned (and retried). */
 export const REKEY_HANDSHAKE_TIMEOUT_MS = 5_000;
+/**
+ * The listener accepts a successor's verified ClientHello at most once per
+ * this per link (a DTLS retransmission comes after 1 s at the earliest).
+ */
+export const REKEY_MIN_GAP_MS = 500;
 /** Wait this long after a failed re-key before the next attempt. */
 export const REKEY_RETRY_MS = 1_000;
 /**

@@ -91,6 +91,8 @@ export class LinkPeer {
   nextStartedAt = 0;
   /** Dialer: no re-key attempt before this time (after a failure). */
   rekeyNotBefore = 0;
+  /** Listener: when it last accepted a successor's ClientHello. */
+  lastRekeyAcceptAt = -Infinity;
   rekeys = 0;
 
   constructor(
@@ -631,10 +633,12 @@ export class LinkEndpoint {
         this.sendRekeyDatagram(peer, this.rekeyBuf, 0, n);
         return;
       }
-      if (n !== LISTEN_VERIFIED) {
+      if (n !== LISTEN_VERIFIED || this.now() - peer.lastRekeyAcceptAt < C.REKEY_MIN_GAP_MS) {
+        // Each accepted hello costs a full handshake: a peer gets two a second.
         this.counters.drops.garbage += 1;
         return;
       }
+      peer.lastRekeyAcceptAt = this.now();
       peer.next?.free();
       const next = this.ctx.accept();
       peer.next = next;
