@@ -266,6 +266,12 @@ test('re-keys complete through 20% loss, and the link stays up', async () => {
       30_000,
       20,
     );
+  } catch (e) {
+    const c = [dialer.ep.counters, listener.ep.counters];
+    throw new Error(
+      `${(e as Error).message}: re-keys ${c.map((x) => x.rekeys).join('/')}, ` +
+        `abandoned ${c.map((x) => x.rekeyFailures).join('/')}, down ${[...dialer.down, ...listener.down].join('; ')}`,
+    );
   } finally {
     clearInterval(timer);
   }
