@@ -20,6 +20,33 @@ export const RECONNECT_MIN_MS = 500;
 export const RECONNECT_MAX_MS = 8_000;
 /** Cookie secrets rotate this often; the previous one stays valid one period. */
 export const COOKIE_ROTATE_MS = 60_000;
+/**
+ * Re-keying (docs/protocol.md 4.4): the dialer starts a fresh DTLS session
+ * inside the current one this long after the current one was established,
+ * or after this many records on it, whichever comes first.
+ */
+export const REKEY_AFTER_MS = 120_000;
+/**
+ * RFC 8446 5.5 bounds AES-GCM at 2^24.5 full-size records per key; link
+ * records are smaller, so 2^24 is well inside for all three suites.
+ */
+export const REKEY_AFTER_RECORDS = 2 ** 24;
+/** Either side drops a link whose session is older than REKEY_AFTER_MS plus this. */
+export const REKEY_REJECT_GRACE_MS = 30_000;
+/** A re-key handshake not complete in this long is abandoned (and retried). */
+export const REKEY_HANDSHAKE_TIMEOUT_MS = 5_000;
+/**
+ * The listener accepts a successor's verified ClientHello at most once per
+ * this per link (a DTLS retransmission comes after 1 s at the earliest).
+ */
+export const REKEY_MIN_GAP_MS = 500;
+/** Wait this long after a failed re-key before the next attempt. */
+export const REKEY_RETRY_MS = 1_000;
+/**
+ * After the switch the old session still decrypts (never encrypts) for
+ * this long, for records that were in flight; then it is freed.
+ */
+export const REKEY_OVERLAP_MS = 5_000;
 /** Most links (in any state) one endpoint holds: about 55 KiB of DTLS state each. */
 export const MAX_PEERS = 1024;
 /**
@@ -31,5 +58,7 @@ export const LINK_DATAGRAM_BYTES = 1452;
 export const DTLS_RECORD_OVERHEAD_BYTES = 37;
 /** Largest link message: one datagram minus the record overhead. */
 export const LINK_MESSAGE_BYTES = LINK_DATAGRAM_BYTES - DTLS_RECORD_OVERHEAD_BYTES;
+/** Handshake datagrams of a re-key travel in a REKEY message: type byte plus datagram. */
+export const REKEY_HANDSHAKE_MTU = LINK_MESSAGE_BYTES - 1;
 /** Packets per batch handed to DTLS in one native call. */
 export const SEND_BATCH_PACKETS = 64;

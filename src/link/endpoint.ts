@@ -14,6 +14,14 @@
  *   handshake, authentication or liveness timer expires.
  * - All timers run from one coarse tick (LINK_TICK_MS) and an injected
  *   clock.
+ * - Re-keying (docs/protocol.md 4.4) is make-before-break: the dialer runs
+ *   a fresh DTLS handshake inside the current session (REKEY messages),
+ *   switches its sending to the new session once it is established, and
+ *   the listener switches when the first record of the new session
+ *   arrives. A received datagram goes to the current session first; one
+ *   that yields nothing there is tried on the pending successor (listener)
+ *   and then on the previous session, which only decrypts and is freed
+ *   REKEY_OVERLAP_MS after the switch. At most three sessions per link.
  */
 import { randomBytes } from 'node:crypto';
 import type { Identity } from '../identity.js';
@@ -36,6 +44,7 @@ import {
   authVersionOf,
   decodeAuth,
   decodeClose,
+  decodeRekey,
   encodeAuth,
   encodeClose,
   KEEPALIVE,
@@ -43,6 +52,7 @@ import {
   MSG_CLOSE,
   MSG_DATA,
   MSG_KEEPALIVE,
+  MSG_REKEY,
   ROLE_DIALER,
   ROLE_LISTENER,
 } from './messages.js';
@@ -70,6 +80,22 @@ export class LinkPeer {
   txBytes = 0;
   /** For the layer above (e.g. the tunnel's inner addresses). */
   context: unknown = undefined;
+  /** The certificate the peer's AUTH vouched for; every re-key must show it again. */
+  peerCertDer: Buffer | null = null;
+  /** When the current session was established, and records it carried since. */
+  sessionSince: number;
+  sessionRecords = 0;
+  /** The session before the last re-key: decrypts stragglers until previousUntil. */
+  previous: NativeDtlsSession | null = null;
+  previousUntil = 0;
+  /** A successor session in its handshake (or, at the listener, awaiting its first record). */
+  next: NativeDtlsSession | null = null;
+  nextStartedAt = 0;
+  /** Dialer: no re-key attempt before this time (after a failure). */
+  rekeyNotBefore = 0;
+  /** Listener: when it last accepted a successor's ClientHello. */
+  lastRekeyAcceptAt = -Infinity;
+  rekeys = 0;
 
   constructor(
     readonly key: string,
@@ -77,13 +103,15 @@ export class LinkPeer {
     readonly port: number,
     /** Our role on this link. */
     readonly role: 'dialer' | 'listener',
-    readonly session: NativeDtlsSession,
+    /** The session records are sent on; replaced at each re-key. */
+    public session: NativeDtlsSession,
     readonly createdAt: number,
     /** Node id the dialer expects (null on the listening side). */
     readonly expectedId: string | null,
   ) {
     this.lastReceivedAt = createdAt;
     this.lastSentAt = createdAt;
+    this.sessionSince = createdAt;
   }
 
   get label(): string {
@@ -116,6 +144,11 @@ export interface LinkCounters {
   keyQueries: number;
   /** ClientHellos from an address this node was dialing at the same time. */
   crossedDials: number;
+  /** Re-keys completed (this side switched to a new session), and abandoned attempts. */
+  rekeys: number;
+  rekeyFailures: number;
+  /** Datagrams decrypted by the session before the last re-key (in flight at the switch). */
+  previousSessionDatagrams: number;
 }
 
 export interface LinkEndpointOptions {
@@ -147,6 +180,12 @@ export interface LinkEndpointOptions {
   onReceiveDone?: () => void;
   deadPeerAfterMs?: number;
   keepaliveIntervalMs?: number;
+  /** Re-key interval (REKEY_AFTER_MS); 0 turns re-keying off (tests only). */
+  rekeyAfterMs?: number;
+  /** How long the old session decrypts after a re-key (REKEY_OVERLAP_MS). */
+  rekeyOverlapMs?: number;
+  /** Records on one session that trigger a re-key (REKEY_AFTER_RECORDS). */
+  rekeyAfterRecords?: number;
   maxPeers?: number;
   datagramBytes?: number;
 }
@@ -176,6 +215,9 @@ export class LinkEndpoint {
     unauthorized: 0,
     keyQueries: 0,
     crossedDials: 0,
+    rekeys: 0,
+    rekeyFailures: 0,
+    previousSessionDatagrams: 0,
   };
   readonly peers = new Map<string, LinkPeer>();
   private readonly dialTargets = new Map<string, DialTarget>();
@@ -188,6 +230,9 @@ export class LinkEndpoint {
   private readonly rxBuf = Buffer.alloc(65_536);
   private readonly txBuf = Buffer.alloc(C.SEND_BATCH_PACKETS * (C.LINK_DATAGRAM_BYTES + 2) * 2);
   private readonly recordBuf = Buffer.alloc(C.LINK_DATAGRAM_BYTES + 2);
+  /** Handshake datagrams of successor sessions, and what they decrypt (nothing used). */
+  private readonly rekeyBuf = Buffer.alloc(65_536);
+  private readonly rekeyOut = Buffer.alloc(65_536);
   private tickTimer: NodeJS.Timeout | undefined;
   private cookieRotatedAt = 0;
   private cookieSecret = randomBytes(32);
@@ -195,6 +240,9 @@ export class LinkEndpoint {
   private readonly deadPeerAfterMs: number;
   private readonly keepaliveIntervalMs: number;
   private readonly maxPeers: number;
+  private readonly rekeyAfterMs: number;
+  private readonly rekeyOverlapMs: number;
+  private readonly rekeyAfterRecords: number;
   /** Answer to the discovery key query (listening nodes only). */
   private readonly keyAnswer: KeyQueryResponder | null;
 
@@ -205,6 +253,9 @@ export class LinkEndpoint {
     this.deadPeerAfterMs = options.deadPeerAfterMs ?? C.DEAD_PEER_AFTER_MS;
     this.keepaliveIntervalMs = options.keepaliveIntervalMs ?? C.KEEPALIVE_INTERVAL_MS;
     this.maxPeers = options.maxPeers ?? C.MAX_PEERS;
+    this.rekeyAfterMs = options.rekeyAfterMs ?? C.REKEY_AFTER_MS;
+    this.rekeyOverlapMs = options.rekeyOverlapMs ?? C.REKEY_OVERLAP_MS;
+    this.rekeyAfterRecords = options.rekeyAfterRecords ?? C.REKEY_AFTER_RECORDS;
     this.ctx = new dtls.DtlsContext({
       certPem: options.identity.link.certPem,
       keyPem: options.identity.link.keyPem,
@@ -305,6 +356,7 @@ export class LinkEndpoint {
     this.transmit(peer, n);
     peer.txPackets += count;
     peer.txBytes += len;
+    peer.sessionRecords += count;
     return true;
   }
 
@@ -395,12 +447,13 @@ export class LinkEndpoint {
 
   /** Feed one datagram (or none) to a link and act on what comes out. */
   private pump(peer: LinkPeer, data: Buffer | null): void {
-    const r = peer.session.receive(data, this.rxBuf);
+    let r = peer.session.receive(data, this.rxBuf);
     this.flushHandshake(peer);
     if (r < 0) {
       this.drop(peer, `link failed: ${peer.session.error() || 'DTLS error'}`, null);
       return;
     }
+    if (r === 0 && data !== null && (peer.next || peer.previous)) r = this.receiveOther(peer, data);
     if (peer.state === 'handshake' && peer.session.established()) this.onEstablished(peer);
     if (r === 0) return;
     peer.lastReceivedAt = this.now();
@@ -409,9 +462,40 @@ export class LinkEndpoint {
       const len = this.rxBuf.readUInt16BE(o);
       o += 2;
       if (len === 0 || o + len > r) break;
+      peer.sessionRecords += 1;
       this.onMessage(peer, o, len);
       o += len;
     }
+  }
+
+  /**
+   * A datagram the current session made nothing of: the first record of the
+   * successor the listener holds (then switch to it), or a straggler of the
+   * previous session. Neither ever fails the link.
+   */
+  private receiveOther(peer: LinkPeer, data: Buffer): number {
+    const next = peer.next;
+    if (next && next.established()) {
+      const r = next.receive(data, this.rxBuf);
+      if (r > 0) {
+        if (this.switchTo(peer, next)) return r;
+        return 0;
+      }
+      if (r < 0) this.abandonRekey(peer, next.error() || 'DTLS error');
+    }
+    const previous = peer.previous;
+    if (previous) {
+      const r = previous.receive(data, this.rxBuf);
+      if (r > 0) {
+        this.counters.previousSessionDatagrams += 1;
+        return r;
+      }
+      if (r < 0) {
+        previous.free();
+        peer.previous = null;
+      }
+    }
+    return 0;
   }
 
   private onMessage(peer: LinkPeer, o: number, len: number): void {
@@ -430,6 +514,15 @@ export class LinkEndpoint {
     switch (type) {
       case MSG_KEEPALIVE:
         return;
+      case MSG_REKEY: {
+        const datagram = peer.state === 'up' ? decodeRekey(buf, o, len) : null;
+        if (datagram === null) {
+          this.counters.drops.badMessage += 1;
+          return;
+        }
+        this.onRekey(peer, datagram);
+        return;
+      }
       case MSG_AUTH:
         this.onAuth(peer, o, len);
         return;
@@ -451,6 +544,7 @@ export class LinkEndpoint {
 
   private onEstablished(peer: LinkPeer): void {
     peer.state = 'auth';
+    peer.sessionSince = this.now();
     peer.exporter = peer.session.exportKeyingMaterial(EXPORTER_LABEL, EXPORTER_BYTES);
     const role = peer.role === 'dialer' ? ROLE_DIALER : ROLE_LISTENER;
     const attributes = this.options.attributes?.() ?? Buffer.alloc(0);
@@ -519,6 +613,7 @@ export class LinkEndpoint {
       return;
     }
     peer.id = claimed;
+    peer.peerCertDer = cert;
     peer.attributes = msg.attributes;
     peer.gotAuth = true;
     const refusal = this.options.admit?.(peer) ?? null;
@@ -539,6 +634,156 @@ export class LinkEndpoint {
     if (target) target.lastFailure = '';
     this.log.info(`link up: ${peer.label} (${peer.role}, ${peer.session.cipher()})`);
     this.options.onPeerUp?.(peer);
+  }
+
+  // --- re-keying (docs/protocol.md 4.4) -----------------------------------
+
+  /** Dialer: start a successor session; its ClientHello goes out in REKEY. */
+  private startRekey(peer: LinkPeer): void {
+    const next = this.ctx.connect();
+    if (next.limitHandshakeMtu(C.REKEY_HANDSHAKE_MTU) < 0 || next.pump() < 0) {
+      next.free();
+      peer.rekeyNotBefore = this.now() + C.REKEY_RETRY_MS;
+      this.counters.rekeyFailures += 1;
+      return;
+    }
+    peer.next = next;
+    peer.nextStartedAt = this.now();
+    this.flushRekey(peer, next);
+  }
+
+  /** One handshake datagram of a successor session, from inside the current one. */
+  private onRekey(peer: LinkPeer, datagram: Buffer): void {
+    if (peer.role === 'listener' && isClientHello(datagram)) {
+      // A new attempt (or a retransmitted hello): stateless until the
+      // cookie returns, as on the wire; a verified one replaces what is pending.
+      const n = this.ctx.listen(datagram, Buffer.from(peer.key), this.rekeyBuf);
+      if (n > 0) {
+        this.sendRekeyDatagram(peer, this.rekeyBuf, 0, n);
+        return;
+      }
+      if (n !== LISTEN_VERIFIED || this.now() - peer.lastRekeyAcceptAt < C.REKEY_MIN_GAP_MS) {
+        // Each accepted hello costs a full handshake: a peer gets two a second.
+        this.counters.drops.garbage += 1;
+        return;
+      }
+      peer.lastRekeyAcceptAt = this.now();
+      peer.next?.free();
+      const next = this.ctx.accept();
+      peer.next = next;
+      peer.nextStartedAt = this.now();
+      if (next.limitHandshakeMtu(C.REKEY_HANDSHAKE_MTU) < 0) {
+        this.abandonRekey(peer, 'cannot size the handshake');
+        return;
+      }
+      this.feedNext(peer, next, null);
+      return;
+    }
+    const next = peer.next;
+    if (!next) {
+      this.counters.drops.garbage += 1; // a late retransmission
+      return;
+    }
+    this.feedNext(peer, next, datagram);
+    // The dialer switches as soon as its side is done: the listener
+    // finished first (it sent the last flight), so it holds the new keys.
+    if (peer.role === 'dialer' && peer.next === next && next.established()) {
+      if (this.switchTo(peer, next)) this.sendControl(peer, KEEPALIVE);
+    }
+  }
+
+  private feedNext(peer: LinkPeer, next: NativeDtlsSession, datagram: Buffer | null): void {
+    const r = next.receive(datagram, this.rekeyOut);
+    this.flushRekey(peer, next);
+    if (r < 0) this.abandonRekey(peer, next.error() || 'DTLS error');
+  }
+
+  /**
+   * Make `next` the session records are sent on. The peer must show the
+   * certificate its AUTH vouched for: the new handshake's CertificateVerify
+   * then proves the same key as the AUTH did. Returns false if the link
+   * was dropped instead.
+   */
+  private switchTo(peer: LinkPeer, next: NativeDtlsSession): boolean {
+    const cert = next.peerCertificate();
+    if (!cert || !peer.peerCertDer || !cert.equals(peer.peerCertDer)) {
+      this.counters.authFailures += 1;
+      this.drop(peer, 'the peer showed another certificate in a re-key', CloseReason.badAuth);
+      return false;
+    }
+    peer.previous?.free();
+    peer.previous = peer.session;
+    peer.previousUntil = this.now() + this.rekeyOverlapMs;
+    peer.session = next;
+    peer.next = null;
+    peer.sessionSince = this.now();
+    peer.sessionRecords = 0;
+    peer.rekeys += 1;
+    this.counters.rekeys += 1;
+    return true;
+  }
+
+  private abandonRekey(peer: LinkPeer, why: string): void {
+    if (!peer.next) return;
+    peer.next.free();
+    peer.next = null;
+    peer.rekeyNotBefore = this.now() + C.REKEY_RETRY_MS;
+    this.counters.rekeyFailures += 1;
+    this.log.debug(`re-key of ${peer.label} abandoned: ${why}`);
+  }
+
+  /** Send what a successor session queued, each datagram in one REKEY message. */
+  private flushRekey(peer: LinkPeer, next: NativeDtlsSession): void {
+    for (;;) {
+      const len = next.flush(this.rekeyBuf);
+      if (len <= 0) return;
+      for (let o = 0; o + 2 <= len;) {
+        const n = this.rekeyBuf.readUInt16BE(o);
+        o += 2;
+        if (o + n > len) break;
+        this.sendRekeyDatagram(peer, this.rekeyBuf, o, n);
+        o += n;
+      }
+    }
+  }
+
+  private sendRekeyDatagram(peer: LinkPeer, from: Buffer, offset: number, n: number): void {
+    if (peer.state !== 'up' || n + 3 > this.recordBuf.length) return;
+    this.recordBuf.writeUInt16BE(n + 1, 0);
+    this.recordBuf[2] = MSG_REKEY;
+    from.copy(this.recordBuf, 3, offset, offset + n);
+    const out = peer.session.sendBatch(this.recordBuf, n + 3, this.txBuf);
+    if (out > 0) this.transmit(peer, out);
+  }
+
+  /** The re-key timers of an up link; false if the link was dropped. */
+  private rekeyTick(peer: LinkPeer, now: number): boolean {
+    if (this.rekeyAfterMs <= 0) return true;
+    if (now - peer.sessionSince > this.rekeyAfterMs + C.REKEY_REJECT_GRACE_MS) {
+      this.drop(peer, 'link not re-keyed in time', null);
+      return false;
+    }
+    if (peer.previous && now >= peer.previousUntil) {
+      peer.previous.free();
+      peer.previous = null;
+    }
+    const next = peer.next;
+    if (next) {
+      if (now - peer.nextStartedAt > C.REKEY_HANDSHAKE_TIMEOUT_MS) {
+        this.abandonRekey(peer, 'handshake timed out');
+      } else if (!next.established() && next.timeoutMs() === 0) {
+        if (next.handleTimeout() < 0) this.abandonRekey(peer, 'handshake gave up');
+        else this.flushRekey(peer, next);
+      }
+    } else if (
+      peer.role === 'dialer' &&
+      now >= peer.rekeyNotBefore &&
+      (now - peer.sessionSince >= this.rekeyAfterMs ||
+        peer.sessionRecords >= this.rekeyAfterRecords)
+    ) {
+      this.startRekey(peer);
+    }
+    return peer.state === 'up';
   }
 
   // --- sending -------------------------------------------------------------
@@ -607,6 +852,10 @@ export class LinkEndpoint {
     this.flushHandshake(peer);
     peer.state = 'closed';
     peer.session.free();
+    peer.previous?.free();
+    peer.previous = null;
+    peer.next?.free();
+    peer.next = null;
     if (this.peers.get(peer.key) === peer) this.peers.delete(peer.key);
     const target = this.dialTargets.get(peer.key);
     if (target && !target.persistent) {
@@ -672,6 +921,7 @@ export class LinkEndpoint {
           );
           continue;
         }
+        if (!this.rekeyTick(peer, now)) continue;
         if (now - peer.lastSentAt >= this.keepaliveIntervalMs) this.sendControl(peer, KEEPALIVE);
       }
     }
@@ -701,6 +951,8 @@ export class LinkEndpoint {
         txPackets: p.txPackets,
         rxBytes: p.rxBytes,
         txBytes: p.txBytes,
+        rekeys: p.rekeys,
+        sessionAgeMs: p.state === 'up' ? this.now() - p.sessionSince : 0,
       })),
       dialing: [...this.dialTargets.values()].map((t) => ({
         address: formatHostPort(t.host, t.port),

@@ -8,6 +8,10 @@
 export const MSG_AUTH = 0x01;
 export const MSG_CLOSE = 0x02;
 export const MSG_KEEPALIVE = 0x03;
+/** One datagram of the successor session's DTLS handshake (a re-key, docs/protocol.md 4.4). */
+export const MSG_REKEY = 0x04;
+/** Smallest REKEY: the type byte and one DTLS record header. */
+export const REKEY_MIN_BYTES = 1 + 13;
 /** Application messages start here; the endpoint hands them up once a link is up. */
 export const MSG_DATA = 0x10;
 /** Circuit messages between neighbours (docs/protocol.md, "Circuit messages"). */
@@ -118,3 +122,13 @@ export function decodeClose(buf: Buffer, offset: number, len: number): number | 
 }
 
 export const KEEPALIVE = Buffer.from([MSG_KEEPALIVE]);
+
+/**
+ * The DTLS datagram a REKEY message at `buf[offset, offset+len)` carries,
+ * as a view into buf, or null if malformed (too short to hold a record).
+ */
+export function decodeRekey(buf: Buffer, offset: number, len: number): Buffer | null {
+  if (len < REKEY_MIN_BYTES || offset < 0 || offset + len > buf.length) return null;
+  if (buf[offset] !== MSG_REKEY) return null;
+  return buf.subarray(offset + 1, offset + len);
+}

@@ -470,7 +470,13 @@ export class MemoryNetwork {
     return new MemoryTransport(this, host, port);
   }
 
+  /** Sees every datagram sent (before loss), as a wire capture would. */
+  tap:
+    | ((fromHost: string, fromPort: number, host: string, port: number, data: Buffer) => void)
+    | null = null;
+
   deliver(fromHost: string, fromPort: number, host: string, port: number, data: Buffer): void {
+    this.tap?.(fromHost, fromPort, host, port, data);
     if (this.lossRate > 0 && this.random() < this.lossRate) {
       this.dropped += 1;
       return;

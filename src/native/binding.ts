@@ -99,6 +99,19 @@ export interface NativeDtlsSession {
   peerCertificate(): Buffer | null;
   /** RFC 5705 exporter: `length` bytes under `label`, no context. */
   exportKeyingMaterial(label: string, length: number): Buffer;
+  /**
+   * Lower the handshake datagram size (before the first flight; the full
+   * mtu applies once established): a re-key handshake travels inside
+   * another session's records. Returns 0, or -1 if out of range or too late.
+   */
+  limitHandshakeMtu(mtu: number): number;
+  /**
+   * TESTS ONLY: master secret (48 bytes) || client random (32) || server
+   * random (32) of an established session, or null unless the environment
+   * has SHALLOT_DTLS_TEST_SECRETS=1. Lets a test play the attacker who
+   * seized a node's memory.
+   */
+  testSecrets(): Buffer | null;
   /** Negotiated cipher suite name (OpenSSL name). */
   cipher(): string;
   /** Last error text (OpenSSL reason or alert), or '' if none. */

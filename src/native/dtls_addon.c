@@ -254,6 +254,30 @@ static napi_value s_export(napi_env env, napi_callback_info info) {
   return buf;
 }
 
+static napi_value s_limit_handshake_mtu(napi_env env, napi_callback_info info) {
+  SESSION(1);
+  double mtu = 0;
+  const char *msg = "mtu must be an integer in 256..65507";
+  if (!get_int(env, argv[0], DTLS_MIN_MTU, DTLS_MAX_MTU, &mtu, msg)) return NULL;
+  return num(env, dtls_sess_limit_handshake_mtu(s, (int)mtu));
+}
+
+static napi_value s_test_secrets(napi_env env, napi_callback_info info) {
+  SESSION(0);
+  uint8_t sec[DTLS_TEST_SECRETS_LEN];
+  napi_value buf;
+  void *data = NULL;
+  int n = dtls_sess_test_secrets(s, sec, sizeof sec);
+  if (n != DTLS_TEST_SECRETS_LEN) {
+    CHECK(napi_get_null(env, &buf));
+    return buf;
+  }
+  napi_status st = napi_create_buffer_copy(env, sizeof sec, sec, &data, &buf);
+  memset(sec, 0, sizeof sec);
+  if (st != napi_ok) return throw_status(env);
+  return buf;
+}
+
 static napi_value s_cipher(napi_env env, napi_callback_info info) {
   SESSION(0);
   return str(env, dtls_sess_cipher(s));
@@ -468,6 +492,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       METHOD("maxPlaintext", s_max_plaintext),
       METHOD("peerCertificate", s_peer_certificate),
       METHOD("exportKeyingMaterial", s_export),
+      METHOD("limitHandshakeMtu", s_limit_handshake_mtu),
+      METHOD("testSecrets", s_test_secrets),
       METHOD("cipher", s_cipher),
       METHOD("error", s_error),
       METHOD("shutdown", s_shutdown),

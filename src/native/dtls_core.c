@@ -38,6 +38,21 @@
  * that buffer would reach us split in two. So handshake datagrams are
  * capped here and the full mtu applies once the handshake is done. */
 #define HANDSHAKE_MTU 4096
+/*
+ * Epoch 0 (the handshake before ChangeCipherSpec) carries no MAC, so an
+ * off-path attacker who knows the address pair can forge any of its
+ * records, and OpenSSL aborts the handshake on a bad one or on an alert
+ * (RFC 6347 4.1.2.7 says such records SHOULD be discarded). What the
+ * attacker cannot know is the record sequence number: a client starts its
+ * epoch-0 numbers at a random 48-bit offset (shifted on the way out), and
+ * a DTLSv1_listen server answers with the numbers of the client's verified
+ * ClientHello and counts on from there (RFC 6347 4.2.1). Each side then
+ * drops, before OpenSSL sees it, any datagram with an epoch-0 record
+ * outside EPOCH0_WINDOW numbers above that base: a forged record gets
+ * through with probability 2^-38.
+ */
+#define SEQ_MASK 0xFFFFFFFFFFFFull
+#define EPOCH0_WINDOW 1024
 
 struct queue {
   uint8_t *buf; /* packed datagrams */
@@ -55,6 +70,10 @@ struct dtls_sess {
   int has_cookie;
   struct queue q;
   int mtu, mtu_set, failed, closed; /* mtu_set: full mtu applied */
+  int hs_mtu;                  /* handshake datagram size (<= HANDSHAKE_MTU) */
+  uint64_t seq_base;           /* the peer's epoch-0 numbers lie in [base, base + window) */
+  int seq_known;               /* client: always; server: once listen() verified */
+  int seq_shift;               /* client: add seq_base to our own epoch-0 numbers */
   char err[192];
 };
 
@@ -128,6 +147,44 @@ static size_t queue_drain(struct queue *q, uint8_t *out, size_t cap) {
   return rd;
 }
 
+/* ---- epoch-0 sequence numbers ------------------------------------------- */
+
+static uint64_t rd48(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 6; i++) v = v << 8 | p[i];
+  return v;
+}
+
+static void wr48(uint8_t *p, uint64_t v) {
+  for (int i = 5; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+/* Add base to the sequence number of every epoch-0 record of a datagram
+ * (records of later epochs are MAC'd over theirs and stay as they are). */
+static void shift_epoch0(uint8_t *d, size_t len, uint64_t base) {
+  size_t o = 0;
+  while (len - o >= 13) {
+    size_t rl = ((size_t)d[o + 11] << 8) | d[o + 12];
+    if (d[o + 3] == 0 && d[o + 4] == 0) wr48(d + o + 5, (rd48(d + o + 5) + base) & SEQ_MASK);
+    if (len - o - 13 < rl) return;
+    o += 13 + rl;
+  }
+}
+
+/* Every epoch-0 record of a framed (datagram_sane) datagram is within the
+ * window above base. */
+static int epoch0_in_window(const uint8_t *d, size_t len, uint64_t base) {
+  size_t o = 0;
+  while (len - o >= 13) {
+    size_t rl = ((size_t)d[o + 11] << 8) | d[o + 12];
+    if (d[o + 3] == 0 && d[o + 4] == 0 && ((rd48(d + o + 5) - base) & SEQ_MASK) >= EPOCH0_WINDOW)
+      return 0;
+    if (len - o - 13 < rl) return 0;
+    o += 13 + rl;
+  }
+  return 1;
+}
+
 /* ---- the datagram BIO --------------------------------------------------- */
 
 static int bio_write(BIO *b, const char *data, int len) {
@@ -136,7 +193,8 @@ static int bio_write(BIO *b, const char *data, int len) {
   if (s == NULL || data == NULL || len <= 0) return 0;
   /* A full queue drops the datagram and reports success, as a congested
    * link would: DTLS retransmits handshake flights itself. */
-  (void)queue_push(&s->q, (const uint8_t *)data, (size_t)len);
+  if (queue_push(&s->q, (const uint8_t *)data, (size_t)len) && s->seq_shift)
+    shift_epoch0(s->q.buf + s->q.len - (size_t)len, (size_t)len, s->seq_base);
   return len;
 }
 
@@ -260,13 +318,18 @@ static dtls_sess *sess_new(dtls_ctx *c, int server) {
   BIO_set_init(b, 1);
   SSL_set_bio(s->ssl, b, b); /* the SSL owns b from here */
   /* SSL_set_mtu reads the BIO's overhead, so it must follow SSL_set_bio. */
-  int hs_mtu = c->mtu < HANDSHAKE_MTU ? c->mtu : HANDSHAKE_MTU;
-  if (!SSL_set_app_data(s->ssl, s) || SSL_set_mtu(s->ssl, hs_mtu) <= 0) goto fail;
-  s->mtu_set = hs_mtu == c->mtu;
-  if (server)
+  s->hs_mtu = c->mtu < HANDSHAKE_MTU ? c->mtu : HANDSHAKE_MTU;
+  if (!SSL_set_app_data(s->ssl, s) || SSL_set_mtu(s->ssl, s->hs_mtu) <= 0) goto fail;
+  s->mtu_set = s->hs_mtu == c->mtu;
+  if (server) {
     SSL_set_accept_state(s->ssl);
-  else
+  } else {
+    uint8_t r[6];
+    if (RAND_bytes(r, sizeof r) != 1) goto fail;
+    s->seq_base = rd48(r);
+    s->seq_known = s->seq_shift = 1;
     SSL_set_connect_state(s->ssl);
+  }
   return s;
 fail:
   dtls_sess_free(s); /* b is either NULL or already owned by the SSL */
@@ -346,6 +409,8 @@ static int datagram_sane(const uint8_t *d, size_t len) {
 int dtls_sess_receive(dtls_sess *s, const uint8_t *dgram, size_t len, uint8_t *out, size_t cap) {
   if (s == NULL || s->ssl == NULL || s->failed || s->closed) return -1;
   if (len > 0 && (dgram == NULL || !datagram_sane(dgram, len))) return 0; /* dropped */
+  /* No session reads epoch 0 before its base is known (accept() sets it). */
+  if (len > 0 && (!s->seq_known || !epoch0_in_window(dgram, len, s->seq_base))) return 0;
   if (out == NULL) cap = 0;
   cap = (size_t)cap_int(cap);
   ERR_clear_error(); /* stale errors would confuse SSL_get_error */
@@ -439,6 +504,30 @@ int dtls_sess_export(dtls_sess *s, const char *label, size_t label_len, uint8_t 
   int ok = SSL_export_keying_material(s->ssl, out, len, label, label_len, NULL, 0, 0) == 1;
   ERR_clear_error();
   return ok ? 0 : -1;
+}
+
+int dtls_sess_limit_handshake_mtu(dtls_sess *s, int mtu) {
+  if (s == NULL || s->ssl == NULL || s->failed || SSL_is_init_finished(s->ssl)) return -1;
+  if (mtu < DTLS_MIN_MTU || mtu > s->hs_mtu) return -1;
+  if (SSL_set_mtu(s->ssl, mtu) <= 0) {
+    ERR_clear_error();
+    return -1;
+  }
+  s->hs_mtu = mtu;
+  s->mtu_set = 0; /* the full mtu is set when the handshake completes */
+  return 0;
+}
+
+int dtls_sess_test_secrets(dtls_sess *s, uint8_t *out, size_t cap) {
+  const char *on = getenv("SHALLOT_DTLS_TEST_SECRETS");
+  if (on == NULL || strcmp(on, "1") != 0) return -1;
+  if (!dtls_sess_established(s) || out == NULL || cap < DTLS_TEST_SECRETS_LEN) return -1;
+  SSL_SESSION *ss = SSL_get_session(s->ssl);
+  if (ss == NULL || SSL_SESSION_get_master_key(ss, out, 48) != 48 ||
+      SSL_get_client_random(s->ssl, out + 48, 32) != 32 ||
+      SSL_get_server_random(s->ssl, out + 80, 32) != 32)
+    return -1;
+  return DTLS_TEST_SECRETS_LEN;
 }
 
 const char *dtls_sess_cipher(const dtls_sess *s) {
@@ -589,6 +678,10 @@ int dtls_ctx_listen(dtls_ctx *c, const uint8_t *dgram, size_t len, const uint8_t
   s->peer_len = 0;
   ERR_clear_error();
   if (r == 1 && s->has_cookie) {
+    /* DTLSv1_listen read the first record: the ClientHello whose cookie
+     * verified. Its number is where the client's epoch 0 continues. */
+    s->seq_base = rd48(dgram + 5);
+    s->seq_known = 1;
     s->q.len = 0;
     c->verified = 1;
     return DTLS_LISTEN_VERIFIED;

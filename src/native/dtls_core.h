@@ -44,6 +44,11 @@ dtls_sess *dtls_ctx_accept(dtls_ctx *c);
 dtls_sess *dtls_ctx_connect(dtls_ctx *c);
 
 /* Sessions stay valid after their context is freed. */
+/* Lower the handshake datagram size to mtu (DTLS_MIN_MTU or more) before the
+ * session sends its first flight, e.g. to tunnel a re-key handshake inside
+ * another session's records; the full mtu applies once established.
+ * Returns 0, or -1 if mtu is out of range or the handshake is done. */
+int dtls_sess_limit_handshake_mtu(dtls_sess *s, int mtu);
 int dtls_sess_pump(dtls_sess *s);
 int dtls_sess_receive(dtls_sess *s, const uint8_t *dgram, size_t len, uint8_t *out, size_t cap);
 int dtls_sess_send_batch(dtls_sess *s, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
@@ -55,6 +60,12 @@ int dtls_sess_max_plaintext(const dtls_sess *s);
 /* DER length (copied only if it fits in cap; out may be NULL), -1 if none. */
 int dtls_sess_peer_cert(dtls_sess *s, uint8_t *out, size_t cap);
 int dtls_sess_export(dtls_sess *s, const char *label, size_t label_len, uint8_t *out, size_t len);
+/* TESTS ONLY: master secret (48) || client random (32) || server random (32)
+ * into out (cap >= DTLS_TEST_SECRETS_LEN), so a test can play the attacker
+ * who seized a node's memory. Returns DTLS_TEST_SECRETS_LEN, or -1 unless
+ * the environment has SHALLOT_DTLS_TEST_SECRETS=1 and the session is up. */
+#define DTLS_TEST_SECRETS_LEN 112
+int dtls_sess_test_secrets(dtls_sess *s, uint8_t *out, size_t cap);
 const char *dtls_sess_cipher(const dtls_sess *s);
 const char *dtls_sess_error(const dtls_sess *s);
 void dtls_sess_shutdown(dtls_sess *s);

@@ -23,6 +23,7 @@ import { establishedTarget, listenerTarget, peerMessagesTarget } from './targets
 import { exitHandlerTarget, exitPolicyTarget } from './targets/exit.js';
 import { offloadTarget } from './targets/offload.js';
 import { relayCircuitsTarget } from './targets/relay.js';
+import { rekeyTarget } from './targets/rekey.js';
 import type { FuzzTarget } from './target.js';
 
 export const targets: FuzzTarget[] = [
@@ -40,6 +41,7 @@ export const targets: FuzzTarget[] = [
   listenerTarget,
   establishedTarget,
   peerMessagesTarget,
+  rekeyTarget,
   // direct mode above a link
   fromLinkTarget,
   admissionTarget,

@@ -354,6 +354,101 @@ static void test_lost_flight(const ident *a, const ident *b) {
   dtls_ctx_free(cc);
 }
 
+/* Forged epoch-0 records (a fatal alert, a garbage handshake record) with
+ * every small record number, and with the numbers the peer really uses but
+ * cut short, at both ends of a handshake in progress: all dropped, and the
+ * handshake completes. */
+static void forge_epoch0(uint8_t *d, uint8_t type, uint64_t seq, const uint8_t *body, int n) {
+  d[0] = type;
+  d[1] = 0xfe;
+  d[2] = 0xfd;
+  d[3] = d[4] = 0;
+  for (int i = 10; i >= 5; i--, seq >>= 8) d[i] = (uint8_t)seq;
+  d[11] = (uint8_t)(n >> 8);
+  d[12] = (uint8_t)n;
+  memcpy(d + 13, body, (size_t)n);
+}
+
+static void test_epoch0_forgeries(const ident *a, const ident *b) {
+  static const uint8_t alert[2] = {2, 40};
+  uint8_t junk[40], d[64];
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)rnd();
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  dtls_sess *c = dtls_ctx_connect(cc);
+  CHECK(dtls_sess_pump(c) == 0);
+  dtls_sess *s = listen_until_verified(sc, c, "forged");
+  CHECK(s != NULL);
+  for (uint64_t seq = 0; seq < 64; seq++) {
+    forge_epoch0(d, 21, seq, alert, 2);
+    CHECK(dtls_sess_receive(c, d, 15, app, sizeof app) == 0);
+    CHECK(dtls_sess_receive(s, d, 15, app, sizeof app) == 0);
+    forge_epoch0(d, 22, seq, junk, (int)sizeof junk);
+    CHECK(dtls_sess_receive(c, d, 13 + sizeof junk, app, sizeof app) == 0);
+    CHECK(dtls_sess_receive(s, d, 13 + sizeof junk, app, sizeof app) == 0);
+  }
+  CHECK(!dtls_sess_established(c) && dtls_sess_error(c)[0] == '\0');
+  CHECK(dtls_sess_error(s)[0] == '\0');
+  finish(c, s);
+  dtls_sess_free(c);
+  dtls_sess_free(s);
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
+/* A handshake limited to 300-byte datagrams (as a re-key inside another
+ * session's records is), then the full mtu; the test secrets stay closed
+ * without the environment switch. */
+static void test_limited_handshake_mtu(const ident *a, const ident *b) {
+  dtls_ctx *sc = make_ctx(a, 1400), *cc = make_ctx(b, 1400);
+  dtls_sess *c = dtls_ctx_connect(cc);
+  CHECK(dtls_sess_limit_handshake_mtu(c, DTLS_MIN_MTU - 1) == -1);
+  CHECK(dtls_sess_limit_handshake_mtu(c, 1401) == -1);
+  CHECK(dtls_sess_limit_handshake_mtu(c, 300) == 0);
+  CHECK(dtls_sess_pump(c) == 0);
+  dtls_sess *s = NULL;
+  for (int round = 0; round < 4 && s == NULL; round++) {
+    int len = dtls_sess_flush(c, out, sizeof out), off = 0, n;
+    const uint8_t *d;
+    while (s == NULL && (n = next_dgram(out, len, &off, &d)) >= 0) {
+      int r = lsn(sc, d, n, "limited");
+      if (r == DTLS_LISTEN_VERIFIED) {
+        s = dtls_ctx_accept(sc);
+        CHECK(s != NULL && dtls_sess_limit_handshake_mtu(s, 300) == 0);
+        CHECK(dtls_sess_pump(s) == 0);
+      } else {
+        CHECK(r > 0 && dtls_sess_receive(c, hvr, (size_t)r, app, sizeof app) == 0);
+      }
+    }
+  }
+  CHECK(s != NULL);
+  for (int i = 0; i < 10 && !(dtls_sess_established(c) && dtls_sess_established(s)); i++) {
+    dtls_sess *from = i % 2 ? c : s, *to = i % 2 ? s : c;
+    int len = dtls_sess_flush(from, out, sizeof out), off = 0, n;
+    const uint8_t *d;
+    while ((n = next_dgram(out, len, &off, &d)) >= 0) {
+      CHECK(n <= 300);
+      CHECK(dtls_sess_receive(to, d, (size_t)n, app, sizeof app) >= 0);
+    }
+  }
+  finish(c, s);
+  CHECK(dtls_sess_max_plaintext(c) > 1300 && dtls_sess_max_plaintext(s) > 1300);
+  CHECK(dtls_sess_limit_handshake_mtu(c, 300) == -1); /* too late */
+  uint8_t sec[DTLS_TEST_SECRETS_LEN];
+  unsetenv("SHALLOT_DTLS_TEST_SECRETS");
+  CHECK(dtls_sess_test_secrets(c, sec, sizeof sec) == -1);
+  setenv("SHALLOT_DTLS_TEST_SECRETS", "1", 1);
+  CHECK(dtls_sess_test_secrets(c, sec, sizeof sec - 1) == -1);
+  CHECK(dtls_sess_test_secrets(c, sec, sizeof sec) == DTLS_TEST_SECRETS_LEN);
+  uint8_t sec2[DTLS_TEST_SECRETS_LEN];
+  CHECK(dtls_sess_test_secrets(s, sec2, sizeof sec2) == DTLS_TEST_SECRETS_LEN);
+  CHECK(memcmp(sec, sec2, sizeof sec) == 0); /* both ends hold the same secrets */
+  unsetenv("SHALLOT_DTLS_TEST_SECRETS");
+  dtls_sess_free(c);
+  dtls_sess_free(s);
+  dtls_ctx_free(sc);
+  dtls_ctx_free(cc);
+}
+
 /* A fresh identity whose certificate carries a 6000-byte opaque extension,
  * so the server's first flight exceeds OpenSSL's 4 KiB handshake buffer. */
 static ident big_ident(void) {
@@ -469,6 +564,8 @@ int main(void) {
   test_bad_self_signature(&a, &b);
   test_big_mtu(&a, &b);
   test_lost_flight(&a, &b);
+  test_epoch0_forgeries(&a, &b);
+  test_limited_handshake_mtu(&a, &b);
   free(a.key);
   free(a.cert);
   free(b.key);

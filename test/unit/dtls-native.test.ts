@@ -395,12 +395,16 @@ function collect(child: ChildProcess): { text: () => string } {
 test('interop: shallot client against openssl s_server', { skip, timeout: 20_000 }, async () => {
   const id = tmpIdentity();
   const port = await freeUdpPort();
-  // stdin stays an open pipe: s_server quits at EOF.
+  // stdin stays an open pipe: s_server quits at EOF. -listen: the
+  // stateless DTLSv1_listen cookie exchange, as shallot listeners do; a
+  // shallot client accepts only servers that go on with the record numbers
+  // of its ClientHello (protocol 3, "Epoch 0"), which DTLSv1_listen does.
   const srv = spawn(
     'openssl',
     [
       's_server',
       '-dtls1_2',
+      '-listen',
       '-accept',
       `127.0.0.1:${port}`,
       '-Verify',

@@ -8,7 +8,14 @@ import { fileURLToPath } from 'node:url';
 import sodium from 'sodium-native';
 import { decodeAddresses, encodeAddresses } from '../../src/direct/attributes.js';
 import { authTranscript, signAuth, verifyAuth } from '../../src/link/auth.js';
-import { decodeClose, encodeClose, type CloseReasonCode } from '../../src/link/messages.js';
+import {
+  decodeClose,
+  decodeRekey,
+  encodeClose,
+  MSG_REKEY,
+  type CloseReasonCode,
+} from '../../src/link/messages.js';
+import { loadDtls, LISTEN_VERIFIED } from '../../src/native/binding.js';
 import { parseCidr } from '../../src/net/cidr.js';
 import { networkInfoHash } from '../../src/discovery/dht-node.js';
 import {
@@ -93,4 +100,56 @@ test('vector dht-infohash-v1 and key-query-v2', () => {
   assert.equal(verifyKeyAnswer(hex(k.answer), Buffer.alloc(32)), null, 'another nonce');
   assert.equal(decodeKeyAnswer(hex(k.answer).subarray(0, 100)), null);
   assert.equal(isKeyQuery(hex(k.query).subarray(0, 127)), false);
+});
+
+test('vector rekey-v2: a REKEY message carries one whole DTLS datagram', () => {
+  const v = vector('rekey-v2');
+  const enc = hex(v.encoding);
+  assert.equal(enc[0], MSG_REKEY);
+  assert.equal(decodeRekey(enc, 0, enc.length)?.toString('hex'), v.datagram);
+  const bad = hex(v.malformed);
+  assert.equal(decodeRekey(bad, 0, bad.length), null);
+});
+
+test('vector epoch0-window-v2: which epoch-0 numbers reach DTLS, across the wrap', () => {
+  const v = vector('epoch0-window-v2');
+  const D = loadDtls();
+  const server = new D.DtlsContext({ ...D.generateCertificate(), mtu: 1400 });
+  const client = new D.DtlsContext({ ...D.generateCertificate(), mtu: 1400 });
+  const buf = Buffer.alloc(65_536);
+  const out = Buffer.alloc(65_536);
+  const first = (n: number): Buffer => {
+    assert.ok(n > 2, 'a datagram was queued');
+    return Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+  };
+  const peer = Buffer.from('192.0.2.1|1');
+  /** A listener session whose verified ClientHello carried number `base`. */
+  const accepted = (base: Buffer) => {
+    const c = client.connect();
+    c.pump();
+    const hello1 = first(c.flush(buf));
+    const n = server.listen(hello1, peer, out);
+    assert.ok(n > 0);
+    c.receive(Buffer.from(out.subarray(0, n)), buf);
+    const hello2 = first(c.flush(buf));
+    base.copy(hello2, 5);
+    assert.equal(server.listen(hello2, peer, out), LISTEN_VERIFIED);
+    const s = server.accept();
+    assert.equal(s.receive(null, out), 0);
+    c.free();
+    return s;
+  };
+  const alert = (seq: string): Buffer =>
+    Buffer.concat([Buffer.from('15fefd0000', 'hex'), hex(seq), Buffer.from('00020228', 'hex')]);
+  for (const seq of (v.accepted ?? '').split(' ')) {
+    const s = accepted(hex(v.base));
+    assert.equal(s.receive(alert(seq), out), -1, `${seq} reaches DTLS (a fatal alert)`);
+    s.free();
+  }
+  for (const seq of (v.dropped ?? '').split(' ')) {
+    const s = accepted(hex(v.base));
+    assert.equal(s.receive(alert(seq), out), 0, `${seq} is dropped`);
+    assert.equal(s.error(), '');
+    s.free();
+  }
 });

@@ -79,7 +79,22 @@ export const dtlsListenTarget: FuzzTarget = {
     `helloVerify ${listenStats.helloVerify} (largest ${listenStats.maxAnswer} B), verified ${listenStats.verified}, dropped ${listenStats.drop}`,
 };
 
-const clientStats = { failed: 0, waiting: 0 };
+const clientStats = { failed: 0, waiting: 0, offPath: 0 };
+
+/**
+ * Put every epoch-0 record of a datagram at a number inside the window of
+ * a client whose first record was numbered `base` (protocol 3, "Epoch 0"):
+ * what an on-path attacker, who sees the numbers, can send.
+ */
+function intoWindow(d: Buffer, base: number): Buffer {
+  const out = Buffer.from(d);
+  for (let o = 0; o + 13 <= out.length; o += 13 + out.readUInt16BE(o + 11)) {
+    if (out[o + 3] === 0 && out[o + 4] === 0) {
+      out.writeUIntBE((base + (out.readUIntBE(o + 5, 6) % 1024)) % 2 ** 48, o + 5, 6);
+    }
+  }
+  return out;
+}
 
 export const dtlsClientTarget: FuzzTarget = {
   name: 'dtls/client-handshake',
@@ -87,29 +102,40 @@ export const dtlsClientTarget: FuzzTarget = {
     const h = handshake();
     return [h.helloVerify, ...h.serverFlight, ...h.serverFinal, ...allDatagrams(h)];
   },
-  run(input) {
+  run(input, rng) {
     const h = handshake();
     const c = h.clientCtx.connect();
     try {
       check(c.pump() === 0, 'pump failed on a fresh client');
-      flush(c);
-      const r = c.receive(input, plain);
+      const hello = flush(c)[0];
+      check(hello !== undefined && hello.length >= 13, 'no ClientHello');
+      // Mostly as an on-path attacker (numbers in the window, so OpenSSL
+      // parses the input); sometimes as the off-path one, who cannot know
+      // them: such a datagram must be dropped, never fail the handshake.
+      const onPath = rng.chance(0.75);
+      const d = onPath ? intoWindow(input, (hello as Buffer).readUIntBE(5, 6)) : input;
+      const r = c.receive(d, plain);
       check(r === 0 || r === -1, `client receive returned ${r} before any handshake`);
+      if (!onPath) {
+        check(r === 0, `an off-path datagram failed the handshake: ${c.error()}`);
+        clientStats.offPath += 1;
+      }
       flush(c);
       c.timeoutMs();
       check(!c.established(), 'a client finished a handshake from one forged datagram');
       if (r < 0) clientStats.failed += 1;
-      else clientStats.waiting += 1;
+      else if (onPath) clientStats.waiting += 1;
     } finally {
       c.free();
     }
   },
   fields: dtlsFields,
   maxLength: 2048,
-  stats: () => `failed ${clientStats.failed}, still waiting ${clientStats.waiting}`,
+  stats: () =>
+    `on-path: failed ${clientStats.failed}, still waiting ${clientStats.waiting}; off-path: dropped ${clientStats.offPath}`,
 };
 
-const serverStats = { failed: 0, waiting: 0 };
+const serverStats = { failed: 0, waiting: 0, offPath: 0 };
 
 export const dtlsServerTarget: FuzzTarget = {
   name: 'dtls/server-handshake',
@@ -117,7 +143,7 @@ export const dtlsServerTarget: FuzzTarget = {
     const h = handshake();
     return [...h.clientFlight, h.hello2, ...allDatagrams(h)];
   },
-  run(input) {
+  run(input, rng) {
     const h = handshake();
     check(
       h.serverCtx.listen(h.hello2, h.peerKey, hvr) === LISTEN_VERIFIED,
@@ -127,8 +153,16 @@ export const dtlsServerTarget: FuzzTarget = {
     try {
       check(s.receive(null, plain) === 0, `server start: ${s.error()}`);
       flush(s);
-      const r = s.receive(input, plain);
+      // Sometimes as an off-path attacker: the epoch-0 numbers moved out of
+      // the window the verified ClientHello set; never fails the handshake.
+      const offPath = rng.chance(0.25);
+      const base = h.hello2.readUIntBE(5, 6);
+      const r = s.receive(offPath ? intoWindow(input, (base + 2 ** 40) % 2 ** 48) : input, plain);
       check(r === 0 || r === -1, `server receive returned ${r} during the handshake`);
+      if (offPath) {
+        check(r === 0, `an off-path datagram failed the handshake: ${s.error()}`);
+        serverStats.offPath += 1;
+      }
       flush(s);
       check(!s.established(), 'a server finished a handshake from a replayed/forged client flight');
       if (r < 0) serverStats.failed += 1;
@@ -140,7 +174,8 @@ export const dtlsServerTarget: FuzzTarget = {
   fields: dtlsFields,
   maxLength: 2048,
   weight: 0.75,
-  stats: () => `failed ${serverStats.failed}, still waiting ${serverStats.waiting}`,
+  stats: () =>
+    `failed ${serverStats.failed}, still waiting ${serverStats.waiting} (off-path, all dropped: ${serverStats.offPath})`,
 };
 
 let liveness = 0;

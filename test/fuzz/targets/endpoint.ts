@@ -7,10 +7,17 @@
  */
 import { HANDSHAKE_TIMEOUT_MS } from '../../../src/link/constants.js';
 import { isClientHello } from '../../../src/link/endpoint.js';
-import { MSG_AUTH, MSG_CLOSE, MSG_DATA, MSG_KEEPALIVE } from '../../../src/link/messages.js';
+import {
+  MSG_AUTH,
+  MSG_CLOSE,
+  MSG_DATA,
+  MSG_KEEPALIVE,
+  MSG_REKEY,
+} from '../../../src/link/messages.js';
+import { loadDtls } from '../../../src/native/binding.js';
 import type { Rng } from '../rng.js';
 import { check, type FuzzTarget } from '../target.js';
-import { dtlsFields } from './dtls-util.js';
+import { dtlsFields, flush } from './dtls-util.js';
 import {
   exchange,
   linkIsUp,
@@ -186,7 +193,27 @@ export const establishedTarget: FuzzTarget = {
 // --- an authenticated peer sending any link message -------------------------------
 
 let messages: LinkPair | undefined;
-const messageStats = { data: 0, keepalive: 0, auth: 0, close: 0, bad: 0, empty: 0, oversize: 0 };
+const messageStats = {
+  data: 0,
+  keepalive: 0,
+  auth: 0,
+  close: 0,
+  rekey: 0,
+  bad: 0,
+  empty: 0,
+  oversize: 0,
+};
+
+/** REKEY messages carrying the first flight of a real re-key: a ClientHello. */
+function rekeySeeds(): Buffer[] {
+  const D = loadDtls();
+  const ctx = new D.DtlsContext({ ...D.generateCertificate(), mtu: 1400 });
+  const s = ctx.connect();
+  s.pump();
+  const hellos = flush(s).map((d) => Buffer.concat([Buffer.from([MSG_REKEY]), d]));
+  s.free();
+  return [...hellos, Buffer.concat([Buffer.from([MSG_REKEY]), Buffer.alloc(13)])];
+}
 
 export const peerMessagesTarget: FuzzTarget = {
   name: 'link/peer-messages',
@@ -203,6 +230,7 @@ export const peerMessagesTarget: FuzzTarget = {
       Buffer.from([0x20, 0, 0, 0, 1]),
       Buffer.from([0x00]),
       Buffer.from([0x04, 1, 2, 3]),
+      ...rekeySeeds(),
     ];
   },
   run(input) {
@@ -242,6 +270,10 @@ export const peerMessagesTarget: FuzzTarget = {
     } else if (type === MSG_AUTH) {
       messageStats.auth += 1;
       check(got.length === 0, 'AUTH delivered data');
+    } else if (type === MSG_REKEY && input.length >= 14) {
+      // A re-key handshake datagram: answered (HelloVerifyRequest) or dropped.
+      messageStats.rekey += 1;
+      check(got.length === 0, 'REKEY delivered data');
     } else if (type === MSG_CLOSE && input.length === 2) {
       messageStats.close += 1;
       check(at.state === 'closed', 'a CLOSE did not close the link');
