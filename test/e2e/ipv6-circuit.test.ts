@@ -93,6 +93,8 @@ describe('IPv6 through a 3-hop circuit', { skip: skip ?? false, timeout: 600_000
     `${addr[n]?.v4}:7000`,
     '--network',
     NET,
+    // The overlay runs on private addresses (protocol 7.4.2).
+    '--allow-private-extend',
     ...(role === 'exit'
       ? ['--pool', '10.200.0.0/16', '--pool6', POOL6, '--allow', 'fd07::/64', '--dev', 'shexit0']
       : []),
