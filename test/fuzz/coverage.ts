@@ -1,154 +1,155 @@
 /**
- * Block coverage of the code under test, from V8 itself: an in-process
- * inspector session with precise coverage in count mode. Every
- * takePreciseCoverage reports the functions that ran since the previous
- * one (their counters are reset by the take), with a range per block; a
- * block that ran has a count above 0. A feature is one such block of a
- * script whose URL contains one of the `include` strings (the project's
- * compiled sources, not the fuzzer, not node_modules, not Node's own).
+ * The coverage map of the guided fuzzer: the counters of every module
+ * instrumented by ./loader.ts, and what the current target has reached.
  *
- * A take costs about 1-4 ms whatever ran (the protocol's JSON), so the
- * engine runs inputs in batches and takes once per batch.
+ * A feature is (counter, bucket of its count) as in AFL: a block reached
+ * once, twice, three times, 4-7, 8-15, 16-31, 32-127 or 128+ times by one
+ * input. After each input the engine scans the counters (zeroing them):
+ * an input with a feature no earlier input of the target had is new.
  */
-import { Session } from 'node:inspector';
+import { COVERAGE_GLOBAL } from './loader.js';
 
-interface Range {
-  startOffset: number;
-  endOffset: number;
-  count: number;
-}
-interface FunctionCoverage {
-  ranges: Range[];
-}
-interface ScriptCoverage {
-  scriptId: string;
+interface Module {
   url: string;
-  functions: FunctionCoverage[];
+  size: number;
+  counters: Uint8Array;
+  /** The same memory as 32-bit words (the scan skips zero words). */
+  words: Uint32Array;
+  /** Per counter: the buckets reached by the current target (bit mask). */
+  known: Uint8Array;
+  dictionary: Buffer[];
+  /** Any bit in known. */
+  reached: boolean;
 }
 
-export interface CoverageSnapshot {
-  /** Blocks that ran since the previous take, as feature ids. */
-  hit: number[];
+const BUCKET = new Uint8Array(256);
+for (let c = 1; c < 256; c += 1) {
+  BUCKET[c] =
+    c === 1
+      ? 1
+      : c === 2
+        ? 2
+        : c === 3
+          ? 4
+          : c < 8
+            ? 8
+            : c < 16
+              ? 16
+              : c < 32
+                ? 32
+                : c < 128
+                  ? 64
+                  : 128;
 }
 
-/** The default scope of features: the project's compiled sources. */
-export const DEFAULT_INCLUDE = ['/dist/src/'];
+export class CoverageMap {
+  private readonly modules: Module[] = [];
+  scans = 0;
 
-/** One function of a script, with every block ever reported in it. */
-interface FunctionBlocks {
-  /** [start, end, feature id] of each block. */
-  blocks: [number, number, number][];
-  keys: Set<string>;
-}
-
-export class BlockCoverage {
-  private readonly session = new Session();
-  private readonly scripts = new Map<string, number>(); // scriptId -> index, -1 if excluded
-  private readonly functions = new Map<string, FunctionBlocks>();
-  private nextId = 0;
-  /** Every block seen in a function that ran (covered or not): the denominator. */
-  private readonly seen = new Set<number>();
-  private readonly functionsRun = new Set<string>();
-  takes = 0;
-
-  constructor(private readonly include: readonly string[] = DEFAULT_INCLUDE) {
-    this.session.connect();
-    this.post('Profiler.enable');
-    this.post('Profiler.startPreciseCoverage', { callCount: true, detailed: true });
+  /** Make this the map instrumented modules register with. */
+  install(): void {
+    (globalThis as Record<string, unknown>)[COVERAGE_GLOBAL] = this;
   }
 
-  private post(method: string, params: object = {}): unknown {
-    let result: unknown;
-    let error: Error | null = null;
-    // An in-process session answers synchronously.
-    this.session.post(method, params, (e: Error | null, r: unknown) => {
-      error = e;
-      result = r;
+  /** Called by each instrumented module as it is evaluated. */
+  register(url: string, n: number, dictionary: string[]): Uint8Array {
+    // Rounded up to whole 32-bit words: the scan skips zero words.
+    const counters = new Uint8Array(Math.ceil(Math.max(n, 1) / 4) * 4);
+    this.modules.push({
+      url,
+      size: n,
+      counters,
+      words: new Uint32Array(counters.buffer, counters.byteOffset, counters.length >> 2),
+      known: new Uint8Array(counters.length),
+      dictionary: dictionary.map((h) => Buffer.from(h, 'hex')),
+      reached: false,
     });
-    if (error) throw error;
-    return result;
+    return counters;
   }
 
-  private scriptIndex(s: ScriptCoverage): number {
-    let i = this.scripts.get(s.scriptId);
-    if (i === undefined) {
-      i = this.include.some((p) => s.url.includes(p)) ? this.scripts.size : -1;
-      this.scripts.set(s.scriptId, i);
-    }
-    return i;
+  /** Modules instrumented so far. */
+  moduleCount(): number {
+    return this.modules.length;
   }
 
   /**
-   * The blocks that ran since the previous take (and reset the counters).
-   *
-   * V8 drops a nested range whose count equals its parent's and merges
-   * neighbours of equal count, so the ranges reported depend on the counts.
-   * A block is therefore every range ever reported for its function, and
-   * its count is that of the smallest range reported now that contains it
-   * (the merging keeps the count of every source position).
+   * The features of what ran since the last scan that the target had not
+   * reached (counted once each); with `commit` they become known. The
+   * counters are zeroed either way.
    */
-  take(): number[] {
-    this.takes += 1;
-    const r = this.post('Profiler.takePreciseCoverage') as { result: ScriptCoverage[] };
-    const hit: number[] = [];
-    for (const s of r.result) {
-      const si = this.scriptIndex(s);
-      if (si < 0) continue;
-      for (const f of s.functions) {
-        const first = f.ranges[0];
-        if (!first) continue;
-        const fkey = `${si}:${first.startOffset}:${first.endOffset}`;
-        let fb = this.functions.get(fkey);
-        if (!fb) {
-          fb = { blocks: [], keys: new Set() };
-          this.functions.set(fkey, fb);
-        }
-        for (const range of f.ranges) {
-          const key = `${range.startOffset}:${range.endOffset}`;
-          if (!fb.keys.has(key)) {
-            fb.keys.add(key);
-            fb.blocks.push([range.startOffset, range.endOffset, this.nextId]);
-            this.nextId += 1;
-          }
-        }
-        if (first.count > 0) this.functionsRun.add(fkey);
-        for (const [bs, be, id] of fb.blocks) {
-          let count = 0;
-          let size = Infinity;
-          for (const range of f.ranges) {
-            const len = range.endOffset - range.startOffset;
-            if (range.startOffset <= bs && be <= range.endOffset && len < size) {
-              size = len;
-              count = range.count;
+  scan(commit = true): number {
+    this.scans += 1;
+    let fresh = 0;
+    for (const m of this.modules) {
+      const c = m.counters;
+      const words = m.words;
+      for (let w = 0; w < words.length; w += 1) {
+        if (words[w] === 0) continue;
+        for (let i = w * 4; i < w * 4 + 4; i += 1) {
+          const v = c[i] as number;
+          if (v === 0) continue;
+          const b = BUCKET[v] as number;
+          const k = m.known[i] as number;
+          if ((k & b) === 0) {
+            fresh += 1;
+            if (commit) {
+              m.known[i] = k | b;
+              m.reached = true;
             }
           }
-          this.seen.add(id);
-          if (count > 0) hit.push(id);
+        }
+        words[w] = 0;
+      }
+    }
+    return fresh;
+  }
+
+  /** A new target: nothing reached, counters zeroed. */
+  resetTarget(): void {
+    for (const m of this.modules) {
+      m.counters.fill(0);
+      m.known.fill(0);
+      m.reached = false;
+    }
+  }
+
+  /** Blocks (counters) the target reached, and the blocks of the modules it reached. */
+  blocks(): { reached: number; inModules: number; modules: number } {
+    let reached = 0;
+    let inModules = 0;
+    let modules = 0;
+    for (const m of this.modules) {
+      if (!m.reached) continue;
+      modules += 1;
+      inModules += m.size;
+      for (const k of m.known) if (k !== 0) reached += 1;
+    }
+    return { reached, inModules, modules };
+  }
+
+  /** Features (counter, bucket) the target reached. */
+  features(): number {
+    let n = 0;
+    for (const m of this.modules) {
+      if (!m.reached) continue;
+      for (const k of m.known) {
+        let x = k;
+        while (x) {
+          n += x & 1;
+          x >>= 1;
         }
       }
     }
-    return hit;
+    return n;
   }
 
-  /** Blocks known in the functions that ran (covered or not). */
-  blocksSeen(): number {
-    return this.seen.size;
-  }
-
-  functionsSeen(): number {
-    return this.functionsRun.size;
-  }
-
-  /** Forget what was seen (a new target starts from zero). */
-  resetTotals(): void {
-    this.take();
-    this.seen.clear();
-    this.functionsRun.clear();
-  }
-
-  stop(): void {
-    this.post('Profiler.stopPreciseCoverage');
-    this.post('Profiler.disable');
-    this.session.disconnect();
+  /** The literals of the modules the target reached. */
+  dictionary(): Buffer[] {
+    const seen = new Map<string, Buffer>();
+    for (const m of this.modules) {
+      if (!m.reached) continue;
+      for (const d of m.dictionary) seen.set(d.toString('hex'), d);
+    }
+    return [...seen.values()];
   }
 }

@@ -1,27 +1,22 @@
 /**
  * The coverage-guided engine: AFL-style corpus growth over any FuzzTarget
  * of the registry, unchanged. Inputs are made by the same mutators as the
- * random runner (./mutate.ts, the target's `fields` and `generate`); an
- * input joins the corpus when V8's block coverage (./coverage.ts) shows
- * that it ran a block of the project's code that no earlier input ran.
+ * random runner (./mutate.ts, the target's `fields` and `generate`), plus
+ * the literals of the code the target reached (./instrument.ts); an input
+ * joins the corpus when the edge counters (./coverage.ts) show a feature
+ * (a block, or a block reached a new number of times) that no earlier
+ * input of the target had.
  *
- * Coverage is taken once per batch of inputs (a take costs milliseconds):
- * the batch grows while nothing new turns up (1, 2, 4 ... MAX_BATCH
- * inputs, or BATCH_MS), and a batch that reached new blocks is run again
- * one input at a time to find which inputs did. Inputs a target reports as
- * accepted (run() returned true) also feed the mutations, as in the random
- * runner: the only feedback there is for code V8 cannot see (OpenSSL).
+ * Inputs a target reports as accepted (run() returned true) also feed the
+ * mutations, as in the random runner: the only feedback there is for code
+ * the instrumentation cannot see (OpenSSL, behind the DTLS binding).
  */
 import { performance } from 'node:perf_hooks';
-import type { BlockCoverage } from './coverage.js';
+import type { CoverageMap } from './coverage.js';
 import { mutate, randomInput } from './mutate.js';
 import { hashString, Rng } from './rng.js';
 import type { FuzzTarget } from './target.js';
 
-/** Largest batch between two coverage takes. */
-const MAX_BATCH = 256;
-/** A batch also ends after this long (slow targets). */
-const BATCH_MS = 100;
 /** Inputs accepted by the target kept for mutation (replaced at random). */
 const MAX_ACCEPTED = 256;
 /** Let timers and deferred errors run this often. */
@@ -30,7 +25,7 @@ const YIELD_MS = 200;
 const GENERATED_SEEDS = 16;
 
 export interface EngineOptions {
-  coverage: BlockCoverage;
+  coverage: CoverageMap;
   seed: number;
   /** Stop after this many inputs (the initial corpus included)... */
   runs: number | null;
@@ -46,21 +41,24 @@ export interface EngineOptions {
 
 export interface EngineResult {
   name: string;
-  /** Distinct inputs tried (the initial corpus included). */
+  /** Inputs run (the initial corpus included). */
   inputs: number;
-  /** Executions: inputs, plus the reruns that found which input of a batch was new. */
-  execs: number;
   seconds: number;
   setupMs: number;
-  /** Coverage-corpus entries (initial ones that reached new blocks, then found ones). */
+  /** Coverage-corpus entries (initial ones that reached new features, then found ones). */
   corpus: number;
   corpusBytes: number;
   /** Entries found by mutation (not in the initial corpus). */
   found: number;
+  /** Blocks (edge counters) reached, of those in the modules reached. */
   blocks: number;
-  blocksSeen: number;
-  functions: number;
-  takes: number;
+  blocksInModules: number;
+  modules: number;
+  /** (block, hit-count bucket) features reached. */
+  features: number;
+  /** Inputs run when the last new feature was found. */
+  lastFind: number;
+  dictionary: number;
   /** The minimized corpus, if asked for. */
   minimized?: Buffer[];
   stats: string;
@@ -94,9 +92,14 @@ async function runOne(t: FuzzTarget, input: Buffer, rng: Rng): Promise<boolean> 
   }
 }
 
-interface Entry {
-  input: Buffer;
-  newBlocks: number;
+/** Overwrite or insert one dictionary token. */
+function dictionaryMutation(b: Buffer, dict: readonly Buffer[], rng: Rng, max: number): Buffer {
+  const tok = rng.pick(dict);
+  const at = rng.below(b.length + 1);
+  const out = rng.chance(0.5)
+    ? Buffer.concat([b.subarray(0, at), tok, b.subarray(at)])
+    : Buffer.concat([b.subarray(0, at), tok, b.subarray(Math.min(b.length, at + tok.length))]);
+  return out.length > max ? out.subarray(0, max) : out;
 }
 
 export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<EngineResult> {
@@ -109,119 +112,82 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
   const inputRng = rng.fork('inputs');
   const runRng = rng.fork('run');
   const maxLength = t.maxLength ?? 2048;
-  const takesBefore = cov.takes;
 
-  cov.resetTotals(); // the fixture's own code does not count
-  const known = new Set<number>();
-  const addNew = (hit: readonly number[]): number => {
-    let n = 0;
-    for (const id of hit) {
-      if (!known.has(id)) {
-        known.add(id);
-        n += 1;
-      }
-    }
-    return n;
-  };
-  const anyNew = (hit: readonly number[]): boolean => hit.some((id) => !known.has(id));
-
-  const corpus: Entry[] = [];
+  cov.resetTarget(); // the fixture's own code does not count
+  const corpus: Buffer[] = [];
   const accepted: Buffer[] = [];
   let inputs = 0;
-  let execs = 0;
+  let lastFind = 0;
   let lastYield = performance.now();
   const done = (): boolean =>
     (o.runs !== null && inputs >= o.runs) || performance.now() >= deadline;
 
   const maybeYield = async (): Promise<void> => {
     if (performance.now() - lastYield < YIELD_MS) return;
+    cov.scan();
     await yieldToLoop();
-    addNew(cov.take()); // what timers ran belongs to no input
+    cov.scan(); // what timers ran belongs to no input
     lastYield = performance.now();
   };
   const noteAccepted = (input: Buffer): void => {
     if (accepted.length < MAX_ACCEPTED) accepted.push(input);
     else accepted[inputRng.below(accepted.length)] = input;
   };
+  let dict: Buffer[] = [];
+  const execute = async (input: Buffer): Promise<void> => {
+    const ok = await runOne(t, input, runRng);
+    inputs += 1;
+    if (cov.scan() > 0 && o.guided) {
+      corpus.push(input);
+      lastFind = inputs;
+      if (corpus.length % 8 === 1) dict = cov.dictionary();
+    }
+    if (ok) noteAccepted(input);
+  };
 
-  // The initial corpus, one input at a time: each joins if it reaches new blocks.
+  // The initial corpus, one input at a time: each joins if it reaches new features.
   const generated = t.generate
     ? Array.from({ length: GENERATED_SEEDS }, () => (t.generate as (r: Rng) => Buffer)(inputRng))
     : [];
-  const initial = [...o.initial, ...seeds, ...generated];
-  for (const input of initial) {
-    const ok = await runOne(t, input, runRng);
-    inputs += 1;
-    execs += 1;
-    const n = addNew(cov.take());
-    if (n > 0) corpus.push({ input, newBlocks: n });
-    if (ok) noteAccepted(input);
+  for (const input of [...o.initial, ...seeds, ...generated]) {
+    await execute(input);
     await maybeYield();
   }
   const initialEntries = corpus.length;
+  dict = o.guided ? cov.dictionary() : [];
 
-  // Pools for mutation: the seeds (always), the coverage corpus, accepted inputs.
+  // Parents: the coverage corpus (newest entries more often), accepted inputs, seeds.
   const pick = (): Buffer => {
     const r = inputRng.below(100);
     if (corpus.length && r < 60) {
-      // Newer entries are more often the frontier: a third of the picks.
-      const recent = inputRng.chance(0.33);
-      const from = recent ? Math.max(0, corpus.length - 8) : 0;
-      return (corpus[from + inputRng.below(corpus.length - from)] as Entry).input;
+      const from = inputRng.chance(0.33) ? Math.max(0, corpus.length - 8) : 0;
+      return corpus[from + inputRng.below(corpus.length - from)] as Buffer;
     }
     if (accepted.length && r < 80) return inputRng.pick(accepted);
     if (seeds.length) return inputRng.pick(seeds);
-    return corpus.length ? inputRng.pick(corpus).input : randomInput(inputRng, maxLength);
+    return corpus.length ? inputRng.pick(corpus) : randomInput(inputRng, maxLength);
   };
   let splice: Buffer[] = [];
-  const refreshSplice = () => {
-    splice = [...seeds, ...corpus.map((e) => e.input), ...accepted.slice(0, 32)];
-  };
-  refreshSplice();
-
+  let spliceFor = -1;
   const next = (): Buffer => {
     const choice = inputRng.below(100);
     if (choice < 5) return randomInput(inputRng, maxLength);
     if (choice < 15 && t.generate) return t.generate(inputRng);
-    return mutate(pick(), { rng: inputRng, corpus: splice, maxLength, fields: t.fields });
+    if (spliceFor !== corpus.length) {
+      splice = [...seeds, ...corpus, ...accepted.slice(0, 32)];
+      spliceFor = corpus.length;
+    }
+    const m = mutate(pick(), { rng: inputRng, corpus: splice, maxLength, fields: t.fields });
+    return dict.length && choice >= 85 ? dictionaryMutation(m, dict, inputRng, maxLength) : m;
   };
 
-  let batchSize = o.guided ? 1 : MAX_BATCH;
-  const batch: Buffer[] = [];
   while (!done()) {
-    batch.length = 0;
-    const batchStart = performance.now();
-    while (batch.length < batchSize && !done()) {
-      const input = next();
-      batch.push(input);
-      if (await runOne(t, input, runRng)) noteAccepted(input);
-      inputs += 1;
-      execs += 1;
-      if (performance.now() - batchStart > BATCH_MS) break;
-    }
-    const hit = cov.take();
-    if (!o.guided || !anyNew(hit)) {
-      addNew(hit);
-      batchSize = Math.min(MAX_BATCH, batchSize * 2);
-    } else if (batch.length === 1) {
-      corpus.push({ input: batch[0] as Buffer, newBlocks: addNew(hit) });
-      refreshSplice();
-      batchSize = 1;
-    } else {
-      // Which inputs of the batch reached the new blocks? Run them again alone.
-      for (const input of batch) {
-        await runOne(t, input, runRng);
-        execs += 1;
-        const n = addNew(cov.take());
-        if (n > 0) corpus.push({ input, newBlocks: n });
-      }
-      addNew(hit); // stateful targets may not repeat themselves
-      refreshSplice();
-      batchSize = 1;
-    }
+    await execute(next());
     await maybeYield();
   }
   const seconds = (performance.now() - started) / 1000;
+  const blocks = cov.blocks();
+  const features = cov.features();
 
   let minimized: Buffer[] | undefined;
   if (o.minimize) minimized = await minimize(t, corpus, o.minimize, cov, runRng);
@@ -229,16 +195,17 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
   const result: EngineResult = {
     name: t.name,
     inputs,
-    execs,
     seconds,
     setupMs,
     corpus: corpus.length,
-    corpusBytes: corpus.reduce((s, e) => s + e.input.length, 0),
+    corpusBytes: corpus.reduce((s, e) => s + e.length, 0),
     found: corpus.length - initialEntries,
-    blocks: known.size,
-    blocksSeen: Math.max(cov.blocksSeen(), known.size),
-    functions: cov.functionsSeen(),
-    takes: cov.takes - takesBefore,
+    blocks: blocks.reached,
+    blocksInModules: blocks.inModules,
+    modules: blocks.modules,
+    features,
+    lastFind,
+    dictionary: dict.length,
     stats: t.stats?.() ?? '',
   };
   if (minimized) result.minimized = minimized;
@@ -246,36 +213,26 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
 }
 
 /**
- * The smallest inputs first, each kept if it reaches a block no kept input
- * reached (libFuzzer's merge, greedily), within the size bounds.
+ * The smallest inputs first, each kept if it reaches a feature no kept
+ * input reached (libFuzzer's merge, greedily), within the size bounds.
  */
 async function minimize(
   t: FuzzTarget,
-  corpus: readonly Entry[],
+  corpus: readonly Buffer[],
   bounds: { maxFiles: number; maxBytes: number },
-  cov: BlockCoverage,
+  cov: CoverageMap,
   rng: Rng,
 ): Promise<Buffer[]> {
   const byHex = new Map<string, Buffer>();
-  for (const e of corpus) byHex.set(e.input.toString('hex'), e.input);
-  const candidates = [...byHex.values()].sort(
-    (a, b) => a.length - b.length || a.compare(b), // deterministic order
-  );
-  const covered = new Set<number>();
+  for (const e of corpus) byHex.set(e.toString('hex'), e);
+  const candidates = [...byHex.values()].sort((a, b) => a.length - b.length || a.compare(b));
+  cov.resetTarget();
   const kept: Buffer[] = [];
   let bytes = 0;
-  cov.take();
   for (const input of candidates) {
     if (kept.length >= bounds.maxFiles || bytes + input.length > bounds.maxBytes) continue;
     await runOne(t, input, rng);
-    let n = 0;
-    for (const id of cov.take()) {
-      if (!covered.has(id)) {
-        covered.add(id);
-        n += 1;
-      }
-    }
-    if (n > 0) {
+    if (cov.scan() > 0) {
       kept.push(input);
       bytes += input.length;
     }

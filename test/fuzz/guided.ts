@@ -19,13 +19,15 @@
  * the failing input in hex otherwise; 2 on bad arguments.
  */
 import { writeFileSync } from 'node:fs';
+import { register } from 'node:module';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { BlockCoverage } from './coverage.js';
+import { pathToFileURL } from 'node:url';
 import { CORPUS_ROOT, protocolVectorInputs, readCorpus, writeCorpus } from './corpus.js';
+import { CoverageMap } from './coverage.js';
 import { currentInput, fuzzGuided, TargetFailure, type EngineResult } from './engine.js';
-import { targets } from './registry.js';
 import { Rng } from './rng.js';
-import { FuzzFailure } from './target.js';
+import { FuzzFailure, type FuzzTarget } from './target.js';
 
 /** Bounds of one target's stored corpus (the repository keeps them small). */
 const SAVE_MAX_FILES = 48;
@@ -45,6 +47,10 @@ interface Options {
   corpus: string;
   json: string | null;
   input: Buffer | null;
+  /** Module URLs containing one of these are instrumented. */
+  cover: string[];
+  /** A module exporting `targets` to fuzz instead of the registry (tests). */
+  targetsModule: string | null;
 }
 
 function usage(message: string): never {
@@ -71,6 +77,8 @@ function parseOptions(argv: string[]): Options {
     corpus: CORPUS_ROOT,
     json: null,
     input: null,
+    cover: ['/dist/src/'],
+    targetsModule: null,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i] as string;
@@ -97,6 +105,8 @@ function parseOptions(argv: string[]): Options {
     else if (a === '--no-corpus') o.useCorpus = false;
     else if (a === '--corpus') o.corpus = value();
     else if (a === '--json') o.json = value();
+    else if (a === '--cover') o.cover = value().split(',').filter(Boolean);
+    else if (a === '--targets-module') o.targetsModule = value();
     else if (a === '--input') {
       const hex = value();
       if (!/^([0-9a-fA-F]{2})*$/.test(hex)) usage('--input needs hex bytes');
@@ -139,17 +149,27 @@ function kb(n: number): string {
 }
 
 function line(r: EngineResult): string {
-  const rate = Math.round(r.execs / Math.max(r.seconds, 1e-3));
+  const rate = Math.round(r.inputs / Math.max(r.seconds, 1e-3));
   return (
     `${r.name.padEnd(28)} ${String(r.inputs).padStart(9)} inputs ${r.seconds.toFixed(1).padStart(6)} s ` +
     `${String(rate).padStart(6)} exec/s  corpus ${r.corpus} (${r.found} found, ${kb(r.corpusBytes)})  ` +
-    `blocks ${r.blocks}/${r.blocksSeen}  functions ${r.functions} ok` +
+    `blocks ${r.blocks}/${r.blocksInModules} in ${r.modules} modules, features ${r.features} ok` +
     (r.stats ? `  [${r.stats}]` : '')
   );
 }
 
 async function main(): Promise<void> {
   options = parseOptions(process.argv.slice(2));
+  // Instrument the code under test as it loads: the targets come after.
+  const coverage = new CoverageMap();
+  coverage.install();
+  if (!options.list && !options.input) {
+    register('./loader.js', { parentURL: import.meta.url, data: { include: options.cover } });
+  }
+  const targetsUrl = options.targetsModule
+    ? pathToFileURL(path.resolve(options.targetsModule)).href
+    : './registry.js';
+  const { targets } = (await import(targetsUrl)) as { targets: FuzzTarget[] };
   if (options.list) {
     for (const t of targets) console.log(t.name);
     return;
@@ -180,7 +200,6 @@ async function main(): Promise<void> {
     process.exit(0);
   }
 
-  const coverage = new BlockCoverage();
   const vectors = protocolVectorInputs();
   const start = performance.now();
   const end = options.seconds !== null ? start + options.seconds * 1000 : Infinity;
@@ -234,7 +253,6 @@ async function main(): Promise<void> {
       await t.teardown?.();
     }
   }
-  coverage.stop();
   if (options.json) {
     const plain = results.map(({ minimized: _, ...r }) => r);
     writeFileSync(options.json, `${JSON.stringify(plain, null, 2)}\n`);
