@@ -149,6 +149,7 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
   const generated = t.generate
     ? Array.from({ length: GENERATED_SEEDS }, () => (t.generate as (r: Rng) => Buffer)(inputRng))
     : [];
+  cov.scan(false); // a generator may call the code's encoders: that is no input's coverage
   for (const input of [...o.initial, ...seeds, ...generated]) {
     await execute(input);
     await maybeYield();
@@ -172,7 +173,11 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
   const next = (): Buffer => {
     const choice = inputRng.below(100);
     if (choice < 5) return randomInput(inputRng, maxLength);
-    if (choice < 15 && t.generate) return t.generate(inputRng);
+    if (choice < 15 && t.generate) {
+      const g = t.generate(inputRng);
+      cov.scan(false);
+      return g;
+    }
     if (spliceFor !== corpus.length) {
       splice = [...seeds, ...corpus, ...accepted.slice(0, 32)];
       spliceFor = corpus.length;
