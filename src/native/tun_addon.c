@@ -55,6 +55,7 @@
 #define ADDON_NAME "shallot_tun"
 #define ADDON_ERR "ERR_TUN"
 #include "addon_util.h"
+#include "wire.h"
 
 #define TUN_MAX_ENTRIES 64
 #define TUN_SCRATCH 65536
@@ -288,7 +289,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     if (e->vnet) {
       if ((size_t)n < sizeof vh) continue;
       n -= (ssize_t)sizeof vh;
-      if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE || (vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+      if (!vnet_header_plain(&vh)) {
         e->offloaded++;
         continue;
       }
@@ -596,24 +597,22 @@ static napi_value WriteBatch(napi_env env, napi_callback_info info) {
   const uint8_t *p = (const uint8_t *)raw;
 
   /* Validate the whole batch first so that a malformed one writes nothing. */
-  size_t off = 0;
-  while (off < len) {
-    if (len - off < 2) {
-      THROW_RANGE(env, "packed batch: truncated length prefix at offset %zu (len %zu)", off, len);
-      return NULL;
-    }
-    size_t plen = ((size_t)p[off] << 8) | p[off + 1];
-    if (plen > len - off - 2) {
-      THROW_RANGE(env, "packed batch: packet at offset %zu claims %zu bytes, only %zu remain", off,
-                  plen, len - off - 2);
-      return NULL;
-    }
-    off += 2 + plen;
+  uint32_t count = 0;
+  size_t bad = 0, claimed = 0;
+  enum packed_status st = packed_scan(p, len, &count, &bad, &claimed);
+  if (st == PACKED_TRUNCATED_PREFIX) {
+    THROW_RANGE(env, "packed batch: truncated length prefix at offset %zu (len %zu)", bad, len);
+    return NULL;
+  }
+  if (st != PACKED_OK) {
+    THROW_RANGE(env, "packed batch: packet at offset %zu claims %zu bytes, only %zu remain", bad,
+                claimed, len - bad - 2);
+    return NULL;
   }
 
   entry_t *e = find_entry(inst, fd);
   uint32_t written = 0, dropped = 0, failed = 0;
-  off = 0;
+  size_t off = 0;
   while (off < len) {
     size_t plen = ((size_t)p[off] << 8) | p[off + 1];
     const uint8_t *pkt = p + off + 2;

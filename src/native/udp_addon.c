@@ -70,6 +70,7 @@
 #define ADDON_NAME "shallot_udp"
 #define ADDON_ERR "ERR_UDP"
 #include "addon_util.h"
+#include "wire.h"
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -1101,25 +1102,19 @@ static void account_send(entry_t *e, const send_result_t *res) {
  * Throws RangeError (returns false) if a length runs past `len`. */
 static bool validate_packed(napi_env env, const uint8_t *p, size_t len, size_t base,
                             uint32_t *count) {
-  uint32_t total = 0;
-  size_t off = 0;
-  while (off < len) {
-    if (len - off < 2) {
-      THROW_RANGE(env, "packed batch: truncated length prefix at offset %zu (len %zu)",
-                  base + off, len);
-      return false;
-    }
-    size_t dl = ((size_t)p[off] << 8) | p[off + 1];
-    if (dl > len - off - 2) {
-      THROW_RANGE(env, "packed batch: datagram at offset %zu claims %zu bytes, only %zu remain",
-                  base + off, dl, len - off - 2);
-      return false;
-    }
-    off += 2 + dl;
-    total++;
+  size_t bad = 0, dl = 0;
+  switch (packed_scan(p, len, count, &bad, &dl)) {
+  case PACKED_OK:
+    return true;
+  case PACKED_TRUNCATED_PREFIX:
+    THROW_RANGE(env, "packed batch: truncated length prefix at offset %zu (len %zu)", base + bad,
+                len);
+    return false;
+  default:
+    THROW_RANGE(env, "packed batch: datagram at offset %zu claims %zu bytes, only %zu remain",
+                base + bad, dl, len - bad - 2);
+    return false;
   }
-  *count = total;
-  return true;
 }
 
 /* Datagrams in a packed batch already validated. */
@@ -1206,35 +1201,29 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
   return sent_result(env, e, &res, "sendmmsg", fd);
 }
 
-/* Group header of sendGroups: [u8 family][addr][u32 scope: v6][u16 port][u32 len] */
+/* Group header of sendGroups (see wire.h) as a destination. */
 static bool parse_group(const uint8_t *p, size_t avail, dest_t *d, size_t *hdr, size_t *plen) {
-  if (avail < 1) return false;
-  const uint8_t fam = p[0];
-  size_t h = fam == 4 ? 11 : fam == 6 ? 27 : 0;
-  if (h == 0 || avail < h) return false;
+  struct group_header g;
+  if (!group_header_parse(p, avail, &g)) return false;
   memset(&d->sa, 0, sizeof d->sa);
-  size_t o;
-  if (fam == 4) {
+  if (g.family == 4) {
     struct sockaddr_in *s4 = (struct sockaddr_in *)&d->sa;
     s4->sin_family = AF_INET;
-    memcpy(&s4->sin_addr, p + 1, 4);
-    s4->sin_port = htons((uint16_t)((p[5] << 8) | p[6]));
+    memcpy(&s4->sin_addr, g.addr, 4);
+    s4->sin_port = htons(g.port);
     d->salen = sizeof(struct sockaddr_in);
     d->af = AF_INET;
-    o = 7;
   } else {
     d->sa.sin6_family = AF_INET6;
-    memcpy(&d->sa.sin6_addr, p + 1, 16);
-    d->sa.sin6_scope_id = ((uint32_t)p[17] << 24) | ((uint32_t)p[18] << 16) |
-                          ((uint32_t)p[19] << 8) | p[20];
-    d->sa.sin6_port = htons((uint16_t)((p[21] << 8) | p[22]));
+    memcpy(&d->sa.sin6_addr, g.addr, 16);
+    d->sa.sin6_scope_id = g.scope;
+    d->sa.sin6_port = htons(g.port);
     d->salen = sizeof(struct sockaddr_in6);
     d->af = AF_INET6;
-    o = 23;
   }
-  *plen = ((size_t)p[o] << 24) | ((size_t)p[o + 1] << 16) | ((size_t)p[o + 2] << 8) | p[o + 3];
-  *hdr = h;
-  return *plen <= avail - h;
+  *hdr = g.header_len;
+  *plen = g.payload_len;
+  return true;
 }
 
 /* sendGroups(fd, buf, len) -> datagrams sent. `buf` holds, back to back,
