@@ -14,7 +14,7 @@
  * writes each target's minimized corpus back to its directory.
  *
  * Per target it prints inputs, exec/s, corpus size and the blocks of the
- * project's code (dist/src) reached, of those in the functions that ran.
+ * project's code (dist/src, relay, exit, client) reached, of those in the functions that ran.
  * Exit status 0 when every target held; 1 with the target, the reason and
  * the failing input in hex otherwise; 2 on bad arguments.
  */
@@ -77,7 +77,7 @@ function parseOptions(argv: string[]): Options {
     corpus: CORPUS_ROOT,
     json: null,
     input: null,
-    cover: ['/dist/src/'],
+    cover: ['/dist/src/', '/dist/relay/', '/dist/exit/', '/dist/client/'],
     targetsModule: null,
   };
   for (let i = 0; i < argv.length; i += 1) {

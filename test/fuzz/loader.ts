@@ -12,7 +12,7 @@ import { instrument } from './instrument.js';
 /** The name of the coverage map on globalThis (see ./coverage.ts). */
 export const COVERAGE_GLOBAL = '__shallotFuzzCoverage';
 
-let include: string[] = ['/dist/src/'];
+let include: string[] = ['/dist/src/', '/dist/relay/', '/dist/exit/', '/dist/client/'];
 
 export function initialize(data: { include?: string[] } | undefined): void {
   if (data?.include?.length) include = data.include;
