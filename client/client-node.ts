@@ -77,7 +77,10 @@ export const STEP_RESEND_MS = 1_000;
 export const PING_IDLE_MS = 2_000;
 /** A ready circuit from which nothing came back for this long is dead. */
 export const CIRCUIT_DEAD_MS = 8_000;
-/** Middles of a failed path are left out this long (guards follow guards.ts instead). */
+/**
+ * Middles of a failed path, and relays whose link to this client failed or
+ * closed, are left out as middles this long (as guards they follow guards.ts).
+ */
 export const AVOID_FAILED_MS = 60_000;
 /** Most middles avoided at once; the oldest mark goes first. */
 export const MAX_AVOIDED = 64;
@@ -497,7 +500,10 @@ export class ClientNode {
           resolve(p);
         } else if (this.now() - started > STEP_TIMEOUT_MS || this.stopped) {
           clearInterval(timer);
-          if (!this.stopped) this.guards.onFailure(d.id, this.now());
+          if (!this.stopped) {
+            this.guards.onFailure(d.id, this.now());
+            this.avoidMiddle(d.id);
+          }
           this.saveGuards();
           reject(
             new Error(
@@ -683,6 +689,11 @@ export class ClientNode {
     if (peer.id && !this.stopped) {
       this.guards.onFailure(peer.id, this.now());
       this.saveGuards();
+      // The guard state decides when this relay is a guard again; as a
+      // middle it is left out like any relay of a failed path, or the next
+      // path may extend to a relay known to be gone and stall for
+      // STEP_TIMEOUT_MS.
+      this.avoidMiddle(peer.id);
     }
     for (const c of [...this.circuits.values()]) {
       if (c.guard === peer) this.fail(c, `link to the guard lost: ${reason}`);
