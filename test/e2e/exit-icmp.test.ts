@@ -177,18 +177,15 @@ describe(
       procs.A = startClient('A');
       procs.B = startClient('B');
       for (const n of ['A', 'B']) {
-        await waitFor(
-          `client ${n}'s circuit`,
-          () => (procs[n] as Proc).output().includes('circuit ready'),
-          30_000,
-          200,
-        );
         // The status file is rewritten once a second: read the lease from
-        // the line that announced the circuit instead.
-        const m = /circuit ready: inner address (\d+\.\d+\.\d+\.\d+)/.exec(
-          (procs[n] as Proc).output(),
-        );
-        lease[n] = m?.[1] ?? '';
+        // the log line that announces the circuit (the log's line and the
+        // CLI's both name the inner address) instead.
+        const announced = () =>
+          /circuit ready:.*inner address (\d+\.\d+\.\d+\.\d+)/.exec(
+            (procs[n] as Proc).output(),
+          )?.[1] ?? '';
+        await waitFor(`client ${n}'s circuit`, () => announced() !== '', 30_000, 200);
+        lease[n] = announced();
         assert.ok(lease[n], `client ${n} announced its inner address`);
       }
       await waitFor(
