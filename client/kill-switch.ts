@@ -21,10 +21,10 @@
  * Only output is filtered: forwarded traffic (containers, VMs behind this
  * host) is not this switch's business.
  */
-import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { errors } from '../src/errors.js';
 import type { Cidr } from '../src/net/cidr.js';
+import { CommandError, systemRunner, type CommandRunner } from '../src/sys/command-runner.js';
 import { checkDeviceName, checkGuard, networkText } from './routing.js';
 
 export interface KillSwitchOptions {
@@ -41,6 +41,8 @@ export interface KillSwitchOptions {
   allowDhcp?: boolean;
   /** Default shallot_client_<pid>, which removeStale() recognises. */
   tableName?: string;
+  /** Runs `nft` (default: the real one; tests pass a RecordingRunner). */
+  runner?: CommandRunner;
 }
 
 export const TABLE_PREFIX = 'shallot_client_';
@@ -157,25 +159,21 @@ function processAlive(pid: number): boolean {
 }
 
 /** Run nft; a missing binary or missing privilege is a one-line user error. */
-function nft(args: string[], input?: string): string {
+function nft(runner: CommandRunner, args: string[], input?: string): string {
   try {
-    return execFileSync('nft', args, {
-      encoding: 'utf8',
-      input: input ?? '',
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    return runner.run('nft', args, { input: input ?? '' }).stdout;
   } catch (e) {
-    const err = e as { stderr?: string; code?: string };
-    if (err.code === 'ENOENT') throw errors.badConfig(NFT_MISSING);
-    const why = (err.stderr || String(e)).trim().split('\n')[0] ?? '';
-    if (/Operation not permitted/.test(why)) throw errors.needRoot('the kill switch');
-    throw errors.system(`nft ${args.join(' ')}`, why);
+    if (!(e instanceof CommandError)) throw e;
+    if (e.missing) throw errors.badConfig(NFT_MISSING);
+    if (/Operation not permitted/.test(e.reason)) throw errors.needRoot('the kill switch');
+    throw e;
   }
 }
 
 export class KillSwitch {
   readonly table: string;
   private readonly ruleset: string;
+  private readonly runner: CommandRunner;
   private active = false;
 
   constructor(opts: KillSwitchOptions) {
@@ -188,6 +186,7 @@ export class KillSwitch {
       );
     }
     this.table = table;
+    this.runner = opts.runner ?? systemRunner;
     this.ruleset = killSwitchRuleset({
       table,
       tunName: opts.tunName,
@@ -201,13 +200,13 @@ export class KillSwitch {
 
   /** Install the table (atomically replacing a same-named leftover). */
   start(): void {
-    nft(['-f', '-'], this.ruleset);
+    nft(this.runner, ['-f', '-'], this.ruleset);
     this.active = true;
   }
 
   /** Remove the table; harmless if it is already gone. */
   stop(): void {
-    nft(['-f', '-'], removeTableScript(this.table));
+    nft(this.runner, ['-f', '-'], removeTableScript(this.table));
     this.active = false;
   }
 
@@ -218,7 +217,9 @@ export class KillSwitch {
   /** Packets dropped as leaks so far (0 when the switch is off). */
   blockedPackets(): number {
     if (!this.active) return 0;
-    return parseCounterPackets(nft(['-j', 'list', 'counter', 'inet', this.table, COUNTER_NAME]));
+    return parseCounterPackets(
+      nft(this.runner, ['-j', 'list', 'counter', 'inet', this.table, COUNTER_NAME]),
+    );
   }
 
   /** The nft script start() applies (for diagnostics). */
@@ -227,9 +228,9 @@ export class KillSwitch {
   }
 
   /** Delete the tables of kill switches whose process died without stopping them. */
-  static removeStale(): void {
-    for (const t of staleTables(nft(['-j', 'list', 'tables']), processAlive)) {
-      nft(['-f', '-'], removeTableScript(t));
+  static removeStale(runner: CommandRunner = systemRunner, isAlive = processAlive): void {
+    for (const t of staleTables(nft(runner, ['-j', 'list', 'tables']), isAlive)) {
+      nft(runner, ['-f', '-'], removeTableScript(t));
     }
   }
 }

@@ -20,6 +20,7 @@
 import net from 'node:net';
 import { errors, ShallotError } from '../src/errors.js';
 import { cidrContains, type Cidr, formatIp, parseIp } from '../src/net/cidr.js';
+import { systemRunner, type CommandRunner } from '../src/sys/command-runner.js';
 import { ip } from '../src/tun/iproute.js';
 
 export type RoutingMode = { kind: 'full' } | { kind: 'split'; cidrs: Cidr[] };
@@ -30,6 +31,8 @@ export interface ClientRoutingOptions {
   mode: RoutingMode;
   innerV4?: Cidr;
   innerV6?: Cidr;
+  /** Runs `ip` (default: the real one; tests pass a RecordingRunner). */
+  runner?: CommandRunner;
 }
 
 /** One route as this module adds and deletes it. */
@@ -216,6 +219,7 @@ function messageOf(e: unknown): string {
 
 export class ClientRouting {
   private readonly opts: ClientRoutingOptions;
+  private readonly runner: CommandRunner;
   /** Routes this instance added, oldest first. */
   private readonly added: RouteSpec[] = [];
   /** The guard route that was already there (so not ours to delete), if any. */
@@ -232,6 +236,7 @@ export class ClientRouting {
       throw errors.badArgument(`inner IPv6 address '${opts.innerV6.text}' is not IPv6`);
     }
     this.opts = opts;
+    this.runner = opts.runner ?? systemRunner;
     // Plan once now so a bad mode is reported at construction.
     this.plan();
   }
@@ -261,7 +266,7 @@ export class ClientRouting {
       if (guardNeedsHostRoute(this.opts.guard.host, tunnel)) this.pinGuard();
       for (const spec of tunnel) {
         try {
-          ip(routeArgs(spec, 'add'));
+          ip(routeArgs(spec, 'add'), this.runner);
         } catch (e) {
           if (EXISTS.test(messageOf(e))) {
             throw errors.badConfig(
@@ -287,7 +292,7 @@ export class ClientRouting {
     const host = this.opts.guard.host;
     let lookup: RouteLookup;
     try {
-      lookup = parseRouteGet(ip(['-j', 'route', 'get', host]));
+      lookup = parseRouteGet(ip(['-j', 'route', 'get', host], this.runner));
     } catch (e) {
       if (e instanceof ShallotError && e.kind === 'user') throw e;
       throw errors.system(`finding the route to the guard ${host}`, e);
@@ -295,7 +300,7 @@ export class ClientRouting {
     const spec = guardHostRoute(host, lookup, this.opts.tunName);
     if (!spec) return;
     try {
-      ip(routeArgs(spec, 'add'));
+      ip(routeArgs(spec, 'add'), this.runner);
       this.added.push(spec);
     } catch (e) {
       // The lookup already used that host route (the most specific one), so
@@ -316,7 +321,7 @@ export class ClientRouting {
     while (this.added.length > 0) {
       const spec = this.added.pop() as RouteSpec;
       try {
-        ip(routeArgs(spec, 'del'));
+        ip(routeArgs(spec, 'del'), this.runner);
       } catch (e) {
         const m = messageOf(e);
         if (ALREADY_GONE.test(m)) continue;

@@ -33,10 +33,10 @@
  * they had turned on (recorded in each table's comment) once no live exit
  * is left.
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
 import { errors } from '../src/errors.js';
 import { type Cidr, formatIp } from '../src/net/cidr.js';
+import { CommandError, systemRunner, type CommandRunner } from '../src/sys/command-runner.js';
+import { procSysctls, type Sysctls } from '../src/sys/sysctl.js';
 
 export interface ExitNatOptions {
   /** The exit's TUN device: pool traffic comes in here. */
@@ -47,6 +47,18 @@ export interface ExitNatOptions {
   outInterface?: string;
   /** Default 'shallot_exit_<pid>'. */
   tableName?: string;
+  /** Runs `nft` (default: the real one; tests pass a RecordingRunner). */
+  runner?: CommandRunner;
+  /** Reads and writes the forwarding sysctls (default: /proc/sys). */
+  sysctls?: Sysctls;
+}
+
+/** The host seams removeStale() goes through. */
+export interface ExitNatHost {
+  runner?: CommandRunner;
+  sysctls?: Sysctls;
+  /** Is the exit of this pid still running? (default: signal 0) */
+  isAlive?: (pid: number) => boolean;
 }
 
 const STALE_PREFIX = 'shallot_exit_';
@@ -58,39 +70,28 @@ const SYSCTL_V4 = '/proc/sys/net/ipv4/ip_forward';
 const SYSCTL_V6 = '/proc/sys/net/ipv6/conf/all/forwarding';
 
 /** Run nft; failures become one-line errors. */
-function nft(args: string[], input?: string): string {
+function nft(runner: CommandRunner, args: string[], input?: string): string {
   try {
-    return execFileSync('nft', args, {
-      encoding: 'utf8',
-      input,
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    return runner.run('nft', args, input !== undefined ? { input } : {}).stdout;
   } catch (e) {
-    const err = e as { stderr?: string; code?: string };
-    if (err.code === 'ENOENT') throw errors.badConfig(NO_NFT);
-    const why =
-      (err.stderr ?? '')
-        .split('\n')
-        .map((l) => l.trim())
-        .find((l) => l.startsWith('Error:')) ??
-      (err.stderr ?? String(e)).trim().split('\n')[0] ??
-      '';
-    if (/Operation not permitted/i.test(why)) throw errors.needRoot('the exit (nftables)');
-    throw errors.system(`nft ${args.join(' ')}`, why);
+    if (!(e instanceof CommandError)) throw e;
+    if (e.missing) throw errors.badConfig(NO_NFT);
+    if (/Operation not permitted/i.test(e.reason)) throw errors.needRoot('the exit (nftables)');
+    throw e;
   }
 }
 
-function readSysctl(path: string): string {
+function readSysctl(sysctls: Sysctls, path: string): string {
   try {
-    return readFileSync(path, 'utf8').trim();
+    return sysctls.read(path);
   } catch (e) {
     throw errors.system(`reading ${path}`, e);
   }
 }
 
-function writeSysctl(path: string, value: string): void {
+function writeSysctl(sysctls: Sysctls, path: string, value: string): void {
   try {
-    writeFileSync(path, `${value}\n`);
+    sysctls.write(path, value);
   } catch (e) {
     if ((e as { code?: string }).code === 'EACCES' || (e as { code?: string }).code === 'EPERM') {
       throw errors.needRoot('the exit (IP forwarding)');
@@ -136,6 +137,8 @@ interface Saved {
 export class ExitNat {
   readonly tableName: string;
   private readonly options: ExitNatOptions;
+  private readonly runner: CommandRunner;
+  private readonly sysctls: Sysctls;
   private started = false;
   private saved: Saved[] = [];
 
@@ -155,6 +158,8 @@ export class ExitNat {
       throw errors.badArgument(`nftables table name '${this.tableName}' is not valid`);
     }
     this.options = options;
+    this.runner = options.runner ?? systemRunner;
+    this.sysctls = options.sysctls ?? procSysctls;
   }
 
   /**
@@ -201,14 +206,14 @@ export class ExitNat {
     // sysctl is touched, and is one atomic transaction. It records which
     // forwarding sysctls are about to be turned on, and their values.
     const was = (path: string) => {
-      const v = readSysctl(path);
+      const v = readSysctl(this.sysctls, path);
       return v === '1' || !/^[0-9]$/.test(v) ? null : v;
     };
     const forwardingWas = {
       v4: was(SYSCTL_V4),
       v6: this.options.poolV6 ? was(SYSCTL_V6) : null,
     };
-    nft(['-f', '-'], this.ruleset(forwardingWas));
+    nft(this.runner, ['-f', '-'], this.ruleset(forwardingWas));
     try {
       this.enableForwarding(SYSCTL_V4);
       if (this.options.poolV6) this.enableForwarding(SYSCTL_V6);
@@ -243,26 +248,29 @@ export class ExitNat {
    * crashed) and, if no live exit remains, put back the forwarding
    * sysctls those exits had turned on. Returns the names deleted.
    */
-  static removeStale(prefix = STALE_PREFIX): string[] {
+  static removeStale(prefix = STALE_PREFIX, host: ExitNatHost = {}): string[] {
+    const runner = host.runner ?? systemRunner;
+    const sysctls = host.sysctls ?? procSysctls;
+    const isAlive = host.isAlive ?? pidAlive;
     const removed: string[] = [];
     const escaped = prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     const re = new RegExp(`^table inet (${escaped}(\\d+))$`);
     const restore: { path: string; value: string }[] = [];
     let live = 0;
-    for (const line of nft(['list', 'tables']).split('\n')) {
+    for (const line of nft(runner, ['list', 'tables']).split('\n')) {
       const m = re.exec(line.trim());
       if (!m?.[1] || !m[2]) continue;
       const pid = Number(m[2]);
-      if (pid === process.pid || pidAlive(pid)) {
+      if (pid === process.pid || isAlive(pid)) {
         live += 1;
         continue;
       }
       try {
-        const text = nft(['list', 'table', 'inet', m[1]]);
+        const text = nft(runner, ['list', 'table', 'inet', m[1]]);
         const c = new RegExp(`comment "${FORWARDING_MARK} (\\S+) (\\S+)"`).exec(text);
         if (c?.[1] && /^[0-9]$/.test(c[1])) restore.push({ path: SYSCTL_V4, value: c[1] });
         if (c?.[2] && /^[0-9]$/.test(c[2])) restore.push({ path: SYSCTL_V6, value: c[2] });
-        nft(['delete', 'table', 'inet', m[1]]);
+        nft(runner, ['delete', 'table', 'inet', m[1]]);
         removed.push(m[1]);
       } catch {
         /* deleted meanwhile */
@@ -273,7 +281,7 @@ export class ExitNat {
     if (live === 0) {
       for (const r of restore) {
         try {
-          if (readSysctl(r.path) === '1') writeSysctl(r.path, r.value);
+          if (readSysctl(sysctls, r.path) === '1') writeSysctl(sysctls, r.path, r.value);
         } catch {
           /* best effort: the caller's own start() reports sysctl trouble */
         }
@@ -283,9 +291,9 @@ export class ExitNat {
   }
 
   private enableForwarding(path: string): void {
-    const previous = readSysctl(path);
+    const previous = readSysctl(this.sysctls, path);
     if (previous === '1') return;
-    writeSysctl(path, '1');
+    writeSysctl(this.sysctls, path, '1');
     this.saved.push({ path, previous });
   }
 
@@ -294,7 +302,7 @@ export class ExitNat {
     for (const s of this.saved.splice(0).reverse()) {
       try {
         // Leave it alone if someone else changed it since.
-        if (readSysctl(s.path) === '1') writeSysctl(s.path, s.previous);
+        if (readSysctl(this.sysctls, s.path) === '1') writeSysctl(this.sysctls, s.path, s.previous);
       } catch (e) {
         failure ??= e;
       }
@@ -304,7 +312,7 @@ export class ExitNat {
 
   private deleteTable(): void {
     try {
-      nft(['delete', 'table', 'inet', this.tableName]);
+      nft(this.runner, ['delete', 'table', 'inet', this.tableName]);
     } catch (e) {
       // Already gone is fine (stop() must be idempotent).
       if (/No such file or directory/i.test(e instanceof Error ? e.message : '')) return;

@@ -3,36 +3,37 @@
  * veth pairs, run commands inside, and remove everything again. Names are
  * fixed per use (e.g. "shallot-demo-a") so a later run can remove what a
  * crashed one left behind.
+ *
+ * The synchronous commands go through a CommandRunner (the last, optional
+ * parameter; the real one by default); the long-running processes that
+ * nsSpawn and nsExec start are not commands of that kind and spawn directly.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { errors } from '../errors.js';
+import { CommandError, systemRunner, type CommandRunner } from '../sys/command-runner.js';
 
-function run(cmd: string, args: string[]): string {
+function run(runner: CommandRunner, cmd: string, args: string[]): string {
   try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return runner.run(cmd, args).stdout;
   } catch (e) {
-    const err = e as { stderr?: string; code?: string };
-    if (err.code === 'ENOENT')
+    if (e instanceof CommandError && e.missing)
       throw errors.badConfig(`the '${cmd}' command is missing (apt-get install iproute2)`);
-    throw errors.system(
-      `${cmd} ${args.join(' ')}`,
-      (err.stderr ?? String(e)).trim().split('\n')[0],
-    );
+    throw e;
   }
 }
 
-export function listNamespaces(): string[] {
-  return run('ip', ['netns', 'list'])
+export function listNamespaces(runner: CommandRunner = systemRunner): string[] {
+  return run(runner, 'ip', ['netns', 'list'])
     .split('\n')
     .map((l) => l.split(' ')[0] ?? '')
     .filter(Boolean);
 }
 
 /** Kill every process in a namespace and delete it (no error if absent). */
-export function removeNamespace(name: string): void {
-  if (!listNamespaces().includes(name)) return;
+export function removeNamespace(name: string, runner: CommandRunner = systemRunner): void {
+  if (!listNamespaces(runner).includes(name)) return;
   try {
-    for (const pid of run('ip', ['netns', 'pids', name]).split('\n').filter(Boolean)) {
+    for (const pid of run(runner, 'ip', ['netns', 'pids', name]).split('\n').filter(Boolean)) {
       try {
         process.kill(Number(pid), 'SIGKILL');
       } catch {
@@ -43,19 +44,24 @@ export function removeNamespace(name: string): void {
     /* no pids */
   }
   try {
-    run('ip', ['netns', 'del', name]);
+    run(runner, 'ip', ['netns', 'del', name]);
   } catch {
     /* raced with another remover */
   }
 }
 
-export function addNamespace(name: string): void {
-  run('ip', ['netns', 'add', name]);
-  nsRun(name, 'ip', ['link', 'set', 'lo', 'up']);
+export function addNamespace(name: string, runner: CommandRunner = systemRunner): void {
+  run(runner, 'ip', ['netns', 'add', name]);
+  nsRun(name, 'ip', ['link', 'set', 'lo', 'up'], runner);
 }
 
-export function nsRun(ns: string, cmd: string, args: string[]): string {
-  return run('ip', ['netns', 'exec', ns, cmd, ...args]);
+export function nsRun(
+  ns: string,
+  cmd: string,
+  args: string[],
+  runner: CommandRunner = systemRunner,
+): string {
+  return run(runner, 'ip', ['netns', 'exec', ns, cmd, ...args]);
 }
 
 /** A veth pair between two namespaces with an address on each end, up. */
@@ -66,17 +72,18 @@ export function addVeth(
   nsB: string,
   ifB: string,
   cidrB: string,
+  runner: CommandRunner = systemRunner,
 ): void {
   const tmp = `shv${process.pid % 100000}`;
-  run('ip', ['link', 'add', `${tmp}a`, 'type', 'veth', 'peer', 'name', `${tmp}b`]);
-  run('ip', ['link', 'set', `${tmp}a`, 'netns', nsA]);
-  run('ip', ['link', 'set', `${tmp}b`, 'netns', nsB]);
-  nsRun(nsA, 'ip', ['link', 'set', `${tmp}a`, 'name', ifA]);
-  nsRun(nsB, 'ip', ['link', 'set', `${tmp}b`, 'name', ifB]);
-  nsRun(nsA, 'ip', ['addr', 'add', cidrA, 'dev', ifA]);
-  nsRun(nsB, 'ip', ['addr', 'add', cidrB, 'dev', ifB]);
-  nsRun(nsA, 'ip', ['link', 'set', ifA, 'up']);
-  nsRun(nsB, 'ip', ['link', 'set', ifB, 'up']);
+  run(runner, 'ip', ['link', 'add', `${tmp}a`, 'type', 'veth', 'peer', 'name', `${tmp}b`]);
+  run(runner, 'ip', ['link', 'set', `${tmp}a`, 'netns', nsA]);
+  run(runner, 'ip', ['link', 'set', `${tmp}b`, 'netns', nsB]);
+  nsRun(nsA, 'ip', ['link', 'set', `${tmp}a`, 'name', ifA], runner);
+  nsRun(nsB, 'ip', ['link', 'set', `${tmp}b`, 'name', ifB], runner);
+  nsRun(nsA, 'ip', ['addr', 'add', cidrA, 'dev', ifA], runner);
+  nsRun(nsB, 'ip', ['addr', 'add', cidrB, 'dev', ifB], runner);
+  nsRun(nsA, 'ip', ['link', 'set', ifA, 'up'], runner);
+  nsRun(nsB, 'ip', ['link', 'set', ifB, 'up'], runner);
 }
 
 /** Start a process inside a namespace; output is collected for error reports. */

@@ -5,6 +5,7 @@
  */
 import { parseArgs, type CommandSpec } from '../cli/args.js';
 import { errors } from '../errors.js';
+import { systemRunner } from '../sys/command-runner.js';
 import {
   alive,
   DOWNLOAD_BYTES,
@@ -23,7 +24,6 @@ import {
   type TestnetDoc,
   type TestnetNode,
 } from './testnet.js';
-import { execFileSync } from 'node:child_process';
 
 const DEFAULT_RELAYS = 3;
 const DEFAULT_EXITS = 1;
@@ -157,8 +157,7 @@ function progress(): Progress {
 
 const haveCurl = (() => {
   try {
-    execFileSync('sh', ['-c', 'command -v curl'], { stdio: 'ignore' });
-    return true;
+    return systemRunner.run('sh', ['-c', 'command -v curl'], { allowFail: true }).status === 0;
   } catch {
     return false;
   }

@@ -21,12 +21,13 @@
  * namespace is named shtn-*, so `down` finds it all again, also after a
  * crash of an earlier run.
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { errors, ShallotError } from '../errors.js';
+import { systemRunner, type CommandRunner } from '../sys/command-runner.js';
 import { addNamespace, addVeth, listNamespaces, nsExec, nsRun, removeNamespace } from './netns.js';
 
 /**
@@ -117,8 +118,8 @@ function writeDoc(doc: TestnetDoc): void {
   fs.renameSync(`${file}.tmp`, file);
 }
 
-export function testnetNamespaces(): string[] {
-  return listNamespaces().filter((n) => n.startsWith(NS_PREFIX));
+export function testnetNamespaces(runner: CommandRunner = systemRunner): string[] {
+  return listNamespaces(runner).filter((n) => n.startsWith(NS_PREFIX));
 }
 
 // --- processes -----------------------------------------------------------------
@@ -154,12 +155,11 @@ function readPid(file: string): number | null {
   }
 }
 
-function namespacePids(ns: string): number[] {
+function namespacePids(ns: string, runner: CommandRunner): number[] {
   try {
-    return execFileSync('ip', ['netns', 'pids', ns], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
+    const r = runner.run('ip', ['netns', 'pids', ns], { allowFail: true });
+    if (r.status !== 0) return [];
+    return r.stdout
       .split('\n')
       .map((l) => Number(l.trim()))
       .filter((n) => Number.isInteger(n) && n > 1);
@@ -260,7 +260,11 @@ export class TestnetBuilder {
   private aborting = false;
   private readonly exited = new Map<string, string>();
 
-  constructor(private readonly progress: Progress) {}
+  constructor(
+    private readonly progress: Progress,
+    /** Runs ip and sysctl (default: the real one). */
+    private readonly runner: CommandRunner = systemRunner,
+  ) {}
 
   /**
    * Build the testnet and show traffic through it. On failure everything
@@ -268,7 +272,7 @@ export class TestnetBuilder {
    * tail of its log.
    */
   async up(relays: number, exits: number): Promise<UpResult> {
-    if (readDoc() || testnetNamespaces().length > 0) throw alreadyUp();
+    if (readDoc() || testnetNamespaces(this.runner).length > 0) throw alreadyUp();
     const root = stateRoot();
     // Leftovers of a run that died before it wrote anything that counts.
     fs.rmSync(root, { recursive: true, force: true });
@@ -306,7 +310,7 @@ export class TestnetBuilder {
       if (this.aborting) throw e;
       this.doc = null;
       this.progress.step('up failed: removing what it built');
-      await teardown((t) => this.progress.detail(t));
+      await teardown((t) => this.progress.detail(t), this.runner);
       const why = e instanceof Error ? e.message : String(e);
       if (e instanceof ShallotError) throw e;
       throw errors.system('shallot testnet up', `${why}\n(everything it built has been removed)`);
@@ -318,7 +322,7 @@ export class TestnetBuilder {
     if (!this.doc) return;
     this.aborting = true;
     this.doc = null;
-    await teardown((t) => this.progress.detail(t));
+    await teardown((t) => this.progress.detail(t), this.runner);
   }
 
   private async build(doc: TestnetDoc): Promise<UpResult> {
@@ -332,20 +336,26 @@ export class TestnetBuilder {
     p.step(
       `creating namespaces: router ${ROUTER_NS} (ip_forward on) and ${nodes.length} hosts, each on its own /16`,
     );
-    addNamespace(ROUTER_NS);
-    nsRun(ROUTER_NS, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
-    if (HAVE_IPV6) nsRun(ROUTER_NS, 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1']);
+    const run = this.runner;
+    addNamespace(ROUTER_NS, run);
+    nsRun(ROUTER_NS, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1'], run);
+    if (HAVE_IPV6) nsRun(ROUTER_NS, 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1'], run);
     const width = Math.max(...nodes.map((n) => n.namespace.length));
     for (const n of nodes) {
-      addNamespace(n.namespace);
-      addVeth(ROUTER_NS, n.name, `${n.gateway}/16`, n.namespace, 'eth0', `${n.address}/16`);
-      nsRun(n.namespace, 'ip', ['route', 'add', 'default', 'via', n.gateway]);
+      addNamespace(n.namespace, run);
+      addVeth(ROUTER_NS, n.name, `${n.gateway}/16`, n.namespace, 'eth0', `${n.address}/16`, run);
+      nsRun(n.namespace, 'ip', ['route', 'add', 'default', 'via', n.gateway], run);
       if (n.address6) {
         // nodad: usable at once (nothing else is on a veth pair).
         const gw6 = n.address6.replace(/2$/, '1');
-        nsRun(ROUTER_NS, 'ip', ['-6', 'addr', 'add', `${gw6}/64`, 'dev', n.name, 'nodad']);
-        nsRun(n.namespace, 'ip', ['-6', 'addr', 'add', `${n.address6}/64`, 'dev', 'eth0', 'nodad']);
-        nsRun(n.namespace, 'ip', ['-6', 'route', 'add', 'default', 'via', gw6]);
+        nsRun(ROUTER_NS, 'ip', ['-6', 'addr', 'add', `${gw6}/64`, 'dev', n.name, 'nodad'], run);
+        nsRun(
+          n.namespace,
+          'ip',
+          ['-6', 'addr', 'add', `${n.address6}/64`, 'dev', 'eth0', 'nodad'],
+          run,
+        );
+        nsRun(n.namespace, 'ip', ['-6', 'route', 'add', 'default', 'via', gw6], run);
       }
       fs.mkdirSync(n.dir, { recursive: true, mode: 0o700 });
       const a = `${n.address}${n.address6 ? ` ${n.address6}` : ''}`;
@@ -677,10 +687,13 @@ export interface DownReport {
  * the state directory. Works from testnet.json, from the pid files alone
  * and from the namespaces alone (after a crash).
  */
-export async function teardown(say: (text: string) => void): Promise<DownReport> {
+export async function teardown(
+  say: (text: string) => void,
+  runner: CommandRunner = systemRunner,
+): Promise<DownReport> {
   const root = stateRoot();
   const doc = readDoc();
-  const namespaces = testnetNamespaces();
+  const namespaces = testnetNamespaces(runner);
   const haveDir = fs.existsSync(root);
   const report: DownReport = {
     wasUp: doc !== null || namespaces.length > 0 || haveDir,
@@ -708,7 +721,8 @@ export async function teardown(say: (text: string) => void): Promise<DownReport>
   }
   // A recorded pid counts only while it is still one of ours (pids get reused).
   for (const pid of candidates) if (alive(pid) && isOurs(pid)) pids.add(pid);
-  for (const ns of namespaces) for (const pid of namespacePids(ns)) if (alive(pid)) pids.add(pid);
+  for (const ns of namespaces)
+    for (const pid of namespacePids(ns, runner)) if (alive(pid)) pids.add(pid);
   pids.delete(process.pid);
 
   if (pids.size > 0) {
@@ -727,7 +741,7 @@ export async function teardown(say: (text: string) => void): Promise<DownReport>
   if (namespaces.length > 0) {
     say(`deleting namespaces ${namespaces.join(' ')}`);
     // Kills anything that started in them meanwhile, then deletes them.
-    for (const ns of namespaces) removeNamespace(ns);
+    for (const ns of namespaces) removeNamespace(ns, runner);
   }
   if (haveDir) {
     say(`removing ${root}`);
