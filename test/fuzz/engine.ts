@@ -37,6 +37,9 @@ export interface EngineOptions {
   guided: boolean;
   /** Minimize the corpus at the end (for saving it), within these bounds. */
   minimize?: { maxFiles: number; maxBytes: number } | undefined;
+  /** Called at most every `progressMs` with the inputs run so far (long runs). */
+  progress?: ((inputs: number, seconds: number) => void) | undefined;
+  progressMs?: number | undefined;
 }
 
 export interface EngineResult {
@@ -119,6 +122,7 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
   let inputs = 0;
   let lastFind = 0;
   let lastYield = performance.now();
+  let lastProgress = lastYield;
   const done = (): boolean =>
     (o.runs !== null && inputs >= o.runs) || performance.now() >= deadline;
 
@@ -128,6 +132,10 @@ export async function fuzzGuided(t: FuzzTarget, o: EngineOptions): Promise<Engin
     await yieldToLoop();
     cov.scan(); // what timers ran belongs to no input
     lastYield = performance.now();
+    if (o.progress && lastYield - lastProgress >= (o.progressMs ?? 60_000)) {
+      lastProgress = lastYield;
+      o.progress(inputs, (lastYield - started) / 1000);
+    }
   };
   const noteAccepted = (input: Buffer): void => {
     if (accepted.length < MAX_ACCEPTED) accepted.push(input);

@@ -6,12 +6,16 @@
  *   node dist/test/fuzz/guided.js [--seconds 60 | --runs N [--target-seconds S]]
  *       [--seed 1] [--target A,B] [--skip A,B] [--list] [--random] [--save]
  *       [--no-corpus] [--corpus DIR] [--json FILE] [--input HEX --target NAME]
+ *       [--progress S]
  *
  * --seconds S splits S over the targets by weight; --runs N stops each
  * target after N inputs (and --target-seconds S after S seconds, whichever
  * comes first). --random turns the coverage feedback off (the random
  * runner's behaviour, coverage still measured: for comparisons). --save
- * writes each target's minimized corpus back to its directory.
+ * writes each target's minimized corpus back to its directory. --progress S
+ * prints the running target's count every S seconds (default 60 with
+ * --runs, off otherwise); SIGINT or SIGTERM prints the figures so far
+ * (finished targets and the running one) before exiting with 130 or 143.
  *
  * Per target it prints inputs, exec/s, corpus size and the blocks of the
  * project's code (dist/src, relay, exit, client) reached, of those in the functions that ran.
@@ -47,6 +51,7 @@ interface Options {
   corpus: string;
   json: string | null;
   input: Buffer | null;
+  progress: number | null;
   /** Module URLs containing one of these are instrumented. */
   cover: string[];
   /** A module exporting `targets` to fuzz instead of the registry (tests). */
@@ -57,7 +62,8 @@ function usage(message: string): never {
   console.error(`fuzz: ${message}`);
   console.error(
     'usage: guided.js [--seconds S | --runs N [--target-seconds S]] [--seed N] [--target A,B] ' +
-      '[--skip A,B] [--list] [--random] [--save] [--no-corpus] [--corpus DIR] [--json FILE] [--input HEX]',
+      '[--skip A,B] [--list] [--random] [--save] [--no-corpus] [--corpus DIR] [--json FILE] [--input HEX] ' +
+      '[--progress S]',
   );
   process.exit(2);
 }
@@ -77,6 +83,7 @@ function parseOptions(argv: string[]): Options {
     corpus: CORPUS_ROOT,
     json: null,
     input: null,
+    progress: null,
     cover: ['/dist/src/', '/dist/relay/', '/dist/exit/', '/dist/client/'],
     targetsModule: null,
   };
@@ -105,6 +112,7 @@ function parseOptions(argv: string[]): Options {
     else if (a === '--no-corpus') o.useCorpus = false;
     else if (a === '--corpus') o.corpus = value();
     else if (a === '--json') o.json = value();
+    else if (a === '--progress') o.progress = number(0);
     else if (a === '--cover') o.cover = value().split(',').filter(Boolean);
     else if (a === '--targets-module') o.targetsModule = value();
     else if (a === '--input') {
@@ -217,6 +225,28 @@ async function main(): Promise<void> {
   );
   const results: EngineResult[] = [];
   const failed: string[] = [];
+  // The running target's count, for progress lines and a report when stopped.
+  let running: { name: string; inputs: number; seconds: number } | null = null;
+  const progressMs =
+    options.progress !== null ? options.progress * 1000 : options.runs !== null ? 60_000 : 0;
+  const stopped = (signal: NodeJS.Signals, code: number): void => {
+    for (const r of results) console.log(line(r));
+    if (running) {
+      const rate = Math.round(running.inputs / Math.max(running.seconds, 1e-3));
+      console.log(
+        `${running.name.padEnd(28)} ${String(running.inputs).padStart(9)} inputs ` +
+          `${running.seconds.toFixed(1).padStart(6)} s ${String(rate).padStart(6)} exec/s  (stopped)`,
+      );
+    }
+    const total = results.reduce((s, r) => s + r.inputs, 0) + (running?.inputs ?? 0);
+    console.log(
+      `fuzz: stopped by ${signal} after ${((performance.now() - start) / 1000).toFixed(1)} s: ` +
+        `${results.length} targets done, ${total} inputs, no failure (seed ${options.seed})`,
+    );
+    process.exit(code);
+  };
+  process.once('SIGINT', () => stopped('SIGINT', 130));
+  process.once('SIGTERM', () => stopped('SIGTERM', 143));
   for (const t of selected) {
     const w = t.weight ?? 1;
     const budgetMs =
@@ -227,6 +257,7 @@ async function main(): Promise<void> {
           : Math.max(50, ((end - performance.now()) * w) / weightLeft);
     weightLeft -= w;
     const stored = options.useCorpus ? readCorpus(options.corpus, t.name) : [];
+    let printedAt = 0;
     try {
       const r = await fuzzGuided(t, {
         coverage,
@@ -236,7 +267,22 @@ async function main(): Promise<void> {
         initial: [...stored, ...(options.useCorpus ? vectors : [])],
         guided: !options.random,
         minimize: options.save ? { maxFiles: SAVE_MAX_FILES, maxBytes: SAVE_MAX_BYTES } : undefined,
+        progressMs: 2000,
+        progress: (inputs, seconds) => {
+          running = { name: t.name, inputs, seconds };
+          if (!progressMs || seconds * 1000 - printedAt < progressMs) return;
+          printedAt = seconds * 1000;
+          const rate = Math.round(inputs / Math.max(seconds, 1e-3));
+          const eta =
+            options.runs !== null && rate > 0
+              ? `, about ${Math.ceil((options.runs - inputs) / rate / 60)} min left`
+              : '';
+          console.error(
+            `fuzz: ${t.name}: ${inputs} inputs in ${seconds.toFixed(0)} s (${rate}/s${eta})`,
+          );
+        },
       });
+      running = null;
       await t.teardown?.();
       results.push(r);
       let saved = '';
