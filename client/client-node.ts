@@ -51,7 +51,12 @@ import {
   wrapForward,
 } from '../src/circuit/onion.js';
 import { ReplayWindow } from '../src/circuit/replay-window.js';
-import { ntorClientCreate, ntorClientFinish, type NtorClientState } from '../src/crypto/ntor.js';
+import {
+  ntorClientCreate,
+  ntorClientDiscard,
+  ntorClientFinish,
+  type NtorClientState,
+} from '../src/crypto/ntor.js';
 import type { Descriptor } from '../src/descriptor/descriptor.js';
 import { ephemeralIdentity } from '../src/identity.js';
 import { LinkEndpoint, type LinkPeer } from '../src/link/endpoint.js';
@@ -67,6 +72,7 @@ import type { DatagramTransport } from '../src/link/transport.js';
 import type { Logger } from '../src/log.js';
 import { silentLogger } from '../src/log.js';
 import { formatIp, parseIp } from '../src/net/cidr.js';
+import { realClock, type Clock, type TimerHandle } from '../src/time/clock.js';
 import type { PacketDevice } from '../src/tun/device.js';
 import { loadGuardList, saveGuardList } from './guard-store.js';
 import type { GuardList } from './guards.js';
@@ -148,7 +154,8 @@ export interface ClientNodeOptions {
   stateDir: string | null;
   allowSameSubnet?: boolean;
   log?: Logger;
-  now?: () => number;
+  /** Time and timers (default: the real clock). */
+  clock?: Clock;
   /** Called when a circuit is ready (first and every later one). */
   onCircuit?: (path: Descriptor[], lease: Lease, first: boolean) => void;
   /**
@@ -179,6 +186,8 @@ export class ClientNode {
   private session: { exitId: string; key: Buffer } | null = null;
   /** Bare links to primary guards being retried while a circuit runs elsewhere. */
   private readonly guardRetries = new Map<string, number>();
+  /** Builds waiting for a link to a guard, by node id (see linkTo). */
+  private readonly linkWaits = new Map<string, (peer: LinkPeer | null) => void>();
   private nextGuardCheckAt = 0;
   private lease: Lease | null = null;
   private exitId: string | undefined;
@@ -191,8 +200,9 @@ export class ClientNode {
   private toDeviceLen = 0;
   private toDeviceCount = 0;
   private readonly log: Logger;
+  private readonly clock: Clock;
   private readonly now: () => number;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
   private stopped = false;
   private building = false;
   private lastPingAt = 0;
@@ -201,19 +211,23 @@ export class ClientNode {
   constructor(private readonly options: ClientNodeOptions) {
     if (options.hops < 1 || options.hops > MAX_HOPS) throw new RangeError('hops out of range');
     this.log = options.log ?? silentLogger;
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? realClock;
+    this.now = () => this.clock.now();
     this.exitId = options.exitId;
     this.guards = loadGuardList(options.stateDir, this.now(), this.log);
     this.endpoint = new LinkEndpoint({
       identity: ephemeralIdentity(),
       transport: options.transport,
       log: this.log,
-      now: this.now,
+      clock: this.clock,
       listen: null,
       onMessage: (peer, type, buf, o, len) => this.onMessage(peer, type, buf, o, len),
       onReceiveDone: () => {
         this.flushDevice();
         this.outbox.flush();
+      },
+      onPeerUp: (peer) => {
+        if (peer.id) this.linkWaits.get(peer.id)?.(peer);
       },
       onPeerDown: (peer, reason) => this.onPeerDown(peer, reason),
     });
@@ -223,15 +237,17 @@ export class ClientNode {
   async start(): Promise<void> {
     await this.endpoint.start();
     this.options.device.start((packed, len, count) => this.fromDevice(packed, len, count));
-    this.timer = setInterval(() => this.tick(), CLIENT_TICK_MS);
+    this.timer = this.clock.setRepeating(CLIENT_TICK_MS, () => this.tick());
     void this.maintain();
   }
 
   stop(): void {
     this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.cancel();
+    this.timer = undefined;
     // A retry wait ends now, so that nothing holds the process after stop().
     this.endPause?.();
+    for (const wake of [...this.linkWaits.values()]) wake(null);
     for (const c of this.circuits.values()) this.close(c, 'stopping', true);
     this.outbox.flush();
     this.endpoint.stop();
@@ -248,11 +264,11 @@ export class ClientNode {
   private pause(ms: number): Promise<void> {
     return new Promise((resolve) => {
       const done = (): void => {
-        clearTimeout(timer);
+        timer.cancel();
         if (this.endPause === done) this.endPause = null;
         resolve();
       };
-      const timer = setTimeout(done, ms);
+      const timer = this.clock.setTimer(ms, done);
       this.endPause = done;
     });
   }
@@ -348,9 +364,12 @@ export class ClientNode {
     while (this.circuits.has(circId)) circId = randomInt(1, 0xffffffff);
     const circ = new Circuit(circId, path, peer);
     this.circuits.set(circId, circ);
+    // The handshake awaiting its answer: wiped on every way out of a step.
+    let handshake: NtorClientState | null = null;
     try {
       // Hop 1: CREATE.
       const first = ntorClientCreate(guard.publicKey, guard.onionKey);
+      handshake = first.state;
       // The guard's depth is chosen so that the last hop is at MAX_HOPS
       // (docs/protocol.md section 7.4): no hop but the guard learns n.
       const depth = MAX_HOPS - path.length + 1;
@@ -367,6 +386,7 @@ export class ClientNode {
         const host = addr ? parseIp(addr.host) : null;
         if (!addr || !host) throw new Error(`relay ${d.id.slice(0, 16)} has no usable address`);
         const hs = ntorClientCreate(d.publicKey, d.onionKey);
+        handshake = hs.state;
         const body = encodeExtend({
           targetId: d.publicKey,
           host,
@@ -409,6 +429,7 @@ export class ClientNode {
       this.log.info(`circuit ready: ${names}; inner address ${inner}`);
       this.options.onCircuit?.(path, lease, first_);
     } catch (e) {
+      if (handshake) ntorClientDiscard(handshake);
       this.close(circ, (e as Error).message, true);
       for (const d of path.slice(1, -1)) this.avoidMiddle(d.id);
       throw e;
@@ -436,7 +457,7 @@ export class ClientNode {
       const finish = (err: Error | null, value?: Buffer) => {
         if (done) return;
         done = true;
-        clearInterval(timer);
+        timer?.cancel();
         circ.pending = null;
         if (err) reject(err);
         else resolve(value as Buffer);
@@ -460,8 +481,9 @@ export class ClientNode {
         send();
         this.outbox.flush();
       };
-      const timer = setInterval(attempt, STEP_RESEND_MS);
+      let timer: TimerHandle | null = null;
       attempt();
+      if (!done) timer = this.clock.setRepeating(STEP_RESEND_MS, attempt);
     });
   }
 
@@ -480,38 +502,41 @@ export class ClientNode {
 
   /** One dial (not a persistent target): the guard state decides on the next. */
   private linkTo(d: Descriptor): Promise<LinkPeer> {
-    const find = () => this.endpoint.upPeers().find((p) => p.id === d.id);
-    const existing = find();
+    const existing = this.endpoint.upPeers().find((p) => p.id === d.id);
     if (existing) {
       this.guards.onSuccess(d.id, this.now());
       return Promise.resolve(existing);
     }
     const addr = d.addresses[0];
     if (!addr) return Promise.reject(new Error('guard has no address'));
-    this.endpoint.dial(addr.host, addr.port, d.id, { persistent: false });
     return new Promise((resolve, reject) => {
-      const started = this.now();
-      const timer = setInterval(() => {
-        const p = find();
+      // Woken by the link coming up (onPeerUp), the timeout or stop().
+      const finish = (p: LinkPeer | null): void => {
+        if (this.linkWaits.get(d.id) !== finish) return;
+        this.linkWaits.delete(d.id);
+        timer.cancel();
         if (p) {
-          clearInterval(timer);
           this.guards.onSuccess(d.id, this.now());
           this.saveGuards();
           resolve(p);
-        } else if (this.now() - started > STEP_TIMEOUT_MS || this.stopped) {
-          clearInterval(timer);
-          if (!this.stopped) {
-            this.guards.onFailure(d.id, this.now());
-            this.avoidMiddle(d.id);
-          }
-          this.saveGuards();
-          reject(
-            new Error(
-              `no link to guard ${addr.host}:${addr.port} within ${STEP_TIMEOUT_MS / 1000} s`,
-            ),
-          );
+          return;
         }
-      }, 50);
+        if (!this.stopped) {
+          this.guards.onFailure(d.id, this.now());
+          this.avoidMiddle(d.id);
+        }
+        this.saveGuards();
+        reject(
+          new Error(
+            `no link to guard ${addr.host}:${addr.port} within ${STEP_TIMEOUT_MS / 1000} s`,
+          ),
+        );
+      };
+      // One build runs at a time, so this holds at most one entry.
+      this.linkWaits.get(d.id)?.(null);
+      this.linkWaits.set(d.id, finish);
+      const timer = this.clock.setTimer(STEP_TIMEOUT_MS, () => finish(null));
+      this.endpoint.dial(addr.host, addr.port, d.id, { persistent: false });
     });
   }
 

@@ -29,6 +29,7 @@ import {
   ipv6Source,
   ipVersion,
 } from '../src/net/ip-packet.js';
+import { realClock, type Clock, type TimerHandle } from '../src/time/clock.js';
 import type { PacketDevice } from '../src/tun/device.js';
 import type { AddressPool, Lease } from './address-pool.js';
 import type { ExitPolicy } from './policy.js';
@@ -62,6 +63,8 @@ export interface ExitCounters {
 
 const REJECT_NOTICE_INTERVAL_MS = 1000;
 const SEND_STAGE_PACKETS = 64;
+/** How often leases past their idle time are released. */
+const LEASE_EXPIRY_CHECK_MS = 10_000;
 
 export class ExitHandler implements LastHopHandler {
   readonly counters: ExitCounters = {
@@ -85,29 +88,31 @@ export class ExitHandler implements LastHopHandler {
   private stageLen = 0;
   private stageCount = 0;
   private readonly log: Logger;
+  private readonly clock: Clock;
   private readonly now: () => number;
-  private expiryTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: TimerHandle | undefined;
 
   constructor(
     private readonly relay: RelayNode,
     private readonly device: PacketDevice,
     private readonly pool: AddressPool,
     private readonly policy: ExitPolicy,
-    options: { log?: Logger; now?: () => number } = {},
+    options: { log?: Logger; clock?: Clock } = {},
   ) {
     this.log = options.log ?? silentLogger;
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? realClock;
+    this.now = () => this.clock.now();
   }
 
   start(): void {
     this.log.info(`exit serving ${this.pool.size} leases`);
     this.device.start((packed, len, count) => this.fromDevice(packed, len, count));
-    this.expiryTimer = setInterval(() => this.expire(), 10_000);
-    this.expiryTimer.unref();
+    this.expiryTimer = this.clock.setRepeating(LEASE_EXPIRY_CHECK_MS, () => this.expire()).unref();
   }
 
   stop(): void {
-    if (this.expiryTimer) clearInterval(this.expiryTimer);
+    this.expiryTimer?.cancel();
+    this.expiryTimer = undefined;
     this.device.close();
   }
 

@@ -69,6 +69,7 @@ import type { Logger } from '../src/log.js';
 import { silentLogger } from '../src/log.js';
 import { extendRefusal } from '../src/net/address-scope.js';
 import { formatIp, parseIp } from '../src/net/cidr.js';
+import { realClock, type Clock, type TimerHandle } from '../src/time/clock.js';
 import { TokenBucket } from './rate-limiter.js';
 
 export const MAX_CIRCUITS = 8192;
@@ -179,7 +180,8 @@ export interface RelayNodeOptions {
   identity: Identity;
   transport: DatagramTransport;
   log?: Logger;
-  now?: () => number;
+  /** Time and timers (default: the real clock). */
+  clock?: Clock;
   lastHop?: LastHopHandler;
   maxCircuits?: number;
   /**
@@ -233,8 +235,9 @@ export class RelayNode {
   private readonly cellOut = Buffer.alloc(CELL_SIZES[1]);
   private readonly msgOut = Buffer.alloc(CELL_SIZES[1]);
   private readonly log: Logger;
+  private readonly clock: Clock;
   private readonly now: () => number;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
   private readonly maxCircuits: number;
   lastHop: LastHopHandler | undefined;
   /** The onion key before the last rotation, accepted until `until` (ms). */
@@ -242,7 +245,8 @@ export class RelayNode {
 
   constructor(private readonly options: RelayNodeOptions) {
     this.log = options.log ?? silentLogger;
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? realClock;
+    this.now = () => this.clock.now();
     this.lastHop = options.lastHop;
     this.maxCircuits = options.maxCircuits ?? MAX_CIRCUITS;
     this.allowPrivateExtend = options.allowPrivateExtend ?? false;
@@ -253,7 +257,7 @@ export class RelayNode {
       identity: options.identity,
       transport: options.transport,
       log: this.log,
-      now: this.now,
+      clock: this.clock,
       listen: { allowedIds: null },
       onMessage: (peer, type, buf, o, len) => this.onMessage(peer, type, buf, o, len),
       onReceiveDone: () => {
@@ -268,11 +272,11 @@ export class RelayNode {
 
   async start(): Promise<void> {
     await this.endpoint.start();
-    this.timer = setInterval(() => this.tick(), RELAY_TICK_MS);
+    this.timer = this.clock.setRepeating(RELAY_TICK_MS, () => this.tick());
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
     for (const m of [...this.byPrev.values()]) {
       for (const c of [...m.values()]) this.destroy(c, DestroyReason.finished, true, true);

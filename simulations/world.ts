@@ -1,6 +1,7 @@
 /**
  * Builds the simulated overlay the way test/unit/circuit-memory.test.ts
- * does, only more of it: relays and exits with fresh identities and signed
+ * does, only more of it, on any clock (a VirtualClock with a MemoryNetwork
+ * on the same clock: deterministic, time moves when the caller moves it): relays and exits with fresh identities and signed
  * (and verified) descriptors on one MemoryNetwork, each exit a RelayNode
  * with an ExitHandler on a MemoryDevice, and clients (ClientNode) that get
  * the list of descriptors. Everything is the real node code: DTLS through
@@ -22,6 +23,7 @@ import { signDescriptor, verifyDescriptor, type Descriptor } from '../src/descri
 import { ephemeralIdentity, type Identity } from '../src/identity.js';
 import type { MemoryNetwork } from '../src/link/transport.js';
 import { parseCidr } from '../src/net/cidr.js';
+import { realClock, type Clock } from '../src/time/clock.js';
 import { ClientDevice, EchoHostDevice } from './packets.js';
 import { type DialWatch, SimTransport } from './util.js';
 
@@ -61,8 +63,8 @@ export function slash16(host: string): string {
   return host.split('.').slice(0, 2).join('.');
 }
 
-function describe(id: Identity, host: string, exit: boolean): Descriptor {
-  const now = Math.floor(Date.now() / 1000);
+function describe(id: Identity, host: string, exit: boolean, clock: Clock): Descriptor {
+  const now = Math.floor(clock.now() / 1000);
   const wire = signDescriptor(id, {
     addresses: [{ host, port: RELAY_PORT }],
     roles: { relay: true, exit },
@@ -84,12 +86,13 @@ export async function startNode(
   nets: number,
   isExit: boolean,
   watch: DialWatch | null = null,
+  clock: Clock = realClock,
 ): Promise<SimNode> {
   const identity = ephemeralIdentity();
   const host = nodeHost(k, nets);
   const transport = new SimTransport(net.transport(host, RELAY_PORT), watch);
   // Simulated relays live in 100.64/10: private, so extending there must be allowed.
-  const node = new RelayNode({ identity, transport, allowPrivateExtend: true });
+  const node = new RelayNode({ identity, transport, allowPrivateExtend: true, clock });
   let exit: ExitHandler | null = null;
   let device: EchoHostDevice | null = null;
   if (isExit) {
@@ -102,6 +105,7 @@ export async function startNode(
         allow: parseAllowList([DESTINATION_NET]),
         ownNetworks: [parseCidr(`${host}/16`)],
       }),
+      { clock },
     );
     node.lastHop = exit;
   }
@@ -112,7 +116,7 @@ export async function startNode(
     id: identity.id,
     host,
     net16: slash16(host),
-    desc: describe(identity, host, isExit),
+    desc: describe(identity, host, isExit, clock),
     node,
     transport,
     exit,
@@ -145,6 +149,7 @@ export function makeClient(
   i: number,
   descriptors: Descriptor[],
   hooks: ClientHooks,
+  clock: Clock = realClock,
 ): SimClientParts {
   const host = clientHost(i);
   const transport = new SimTransport(net.transport(host, CLIENT_PORT));
@@ -155,6 +160,7 @@ export function makeClient(
     device,
     hops: 3,
     stateDir: null,
+    clock,
     onCircuit: (path, lease) => hooks.onCircuit(path, lease),
     onProgress: hooks.onProgress,
   });

@@ -75,6 +75,13 @@ interface ClientSecrets {
 // The state handed out is an empty frozen object; what it stands for lives
 // here, so callers cannot read x and a consumed state is simply absent.
 const clientStates = new WeakMap<NtorClientState, ClientSecrets>();
+/** Client states created and neither finished nor discarded (x still held). */
+let liveClientStates = 0;
+
+/** How many client handshakes hold an ephemeral secret now (for tests). */
+export function ntorClientStatesLive(): number {
+  return liveClientStates;
+}
 
 /**
  * Start a handshake with the node whose identity is `id` (1..64 bytes) and
@@ -104,6 +111,7 @@ export function ntorClientCreate(
   sodium.crypto_scalarmult_base(X, x);
 
   const state = Object.freeze({}) as NtorClientState;
+  liveClientStates += 1;
   clientStates.set(state, {
     id: Buffer.from(id),
     B: Buffer.from(serverOnionPublic),
@@ -182,6 +190,7 @@ export function ntorClientFinish(
   const s = clientStates.get(state);
   if (s === undefined) return null;
   clientStates.delete(state);
+  liveClientStates -= 1;
 
   const xy = Buffer.alloc(NTOR_KEY_LENGTH);
   const xb = Buffer.alloc(NTOR_KEY_LENGTH);
@@ -221,6 +230,7 @@ export function ntorClientDiscard(state: NtorClientState): void {
   const s = clientStates.get(state);
   if (s === undefined) return;
   clientStates.delete(state);
+  liveClientStates -= 1;
   sodium.sodium_memzero(s.x);
 }
 

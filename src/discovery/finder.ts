@@ -31,6 +31,7 @@ import {
 } from '../descriptor/descriptor.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
+import { realClock, type Clock, type TimerHandle } from '../time/clock.js';
 import { DhtNode, networkInfoHash } from './dht-node.js';
 import { encodeKeyQuery, KEY_QUERY_NONCE_BYTES, verifyKeyAnswer } from './key-query.js';
 
@@ -65,7 +66,8 @@ export interface RelayFinderOptions {
   network: string;
   stateDir: string | null;
   log?: Logger;
-  now?: () => number;
+  /** Time and timers (default: the real clock). */
+  clock?: Clock;
 }
 
 interface Entry {
@@ -92,6 +94,7 @@ export class RelayFinder {
   };
   private readonly cache = new Map<string, Entry>();
   private readonly log: Logger;
+  private readonly clock: Clock;
   private readonly now: () => number;
   private socket4: dgram.Socket | undefined;
   private socket6: dgram.Socket | undefined;
@@ -104,7 +107,8 @@ export class RelayFinder {
 
   constructor(private readonly options: RelayFinderOptions) {
     this.log = options.log ?? silentLogger;
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? realClock;
+    this.now = () => this.clock.now();
   }
 
   private nowS(): number {
@@ -308,7 +312,7 @@ export class RelayFinder {
     return new Promise((resolve) => {
       let tries = 0;
       const keys: Buffer[] = [];
-      let grace: NodeJS.Timeout | undefined;
+      let grace: TimerHandle | undefined;
       const send = () => {
         tries += 1;
         try {
@@ -318,13 +322,13 @@ export class RelayFinder {
           finish();
         }
       };
-      const timer = setInterval(() => {
+      const timer = this.clock.setRepeating(KEY_QUERY_TIMEOUT_MS / KEY_QUERY_TRIES, () => {
         if (tries >= KEY_QUERY_TRIES) finish();
         else if (keys.length === 0) send();
-      }, KEY_QUERY_TIMEOUT_MS / KEY_QUERY_TRIES);
+      });
       const finish = () => {
-        clearInterval(timer);
-        clearTimeout(grace);
+        timer.cancel();
+        grace?.cancel();
         if (this.waiting.get(id)?.nonce === nonce) this.waiting.delete(id);
         resolve(keys.length > 0 ? keys : null);
       };
@@ -332,7 +336,7 @@ export class RelayFinder {
         if (keys.some((x) => x.equals(k))) return;
         keys.push(k);
         if (keys.length >= MAX_KEYS_PER_ADDRESS) finish();
-        else grace ??= setTimeout(finish, KEY_ANSWER_GRACE_MS);
+        else grace ??= this.clock.setTimer(KEY_ANSWER_GRACE_MS, finish);
       };
       this.waiting.set(id, { nonce, add, finish });
       send();

@@ -58,6 +58,7 @@ import {
 } from './messages.js';
 import { countPacked, type DatagramTransport } from './transport.js';
 import { isKeyQuery, KeyQueryResponder } from '../discovery/key-query.js';
+import { realClock, type Clock, type TimerHandle } from '../time/clock.js';
 
 export type LinkState = 'handshake' | 'auth' | 'up' | 'closed';
 
@@ -155,7 +156,8 @@ export interface LinkEndpointOptions {
   identity: Identity;
   transport: DatagramTransport;
   log?: Logger;
-  now?: () => number;
+  /** Time and timers (default: the real clock). */
+  clock?: Clock;
   /** Accept incoming links. `allowedIds` null means any authenticated node id. */
   listen?: { allowedIds: Set<string> | null } | null;
   /** Attributes sent in our AUTH to a peer (e.g. our inner addresses). */
@@ -226,6 +228,7 @@ export class LinkEndpoint {
   /** This node's id (hex), for the crossed-dial tie-break. */
   private readonly ownId: string;
   private readonly log: Logger;
+  private readonly clock: Clock;
   private readonly now: () => number;
   private readonly rxBuf = Buffer.alloc(65_536);
   private readonly txBuf = Buffer.alloc(C.SEND_BATCH_PACKETS * (C.LINK_DATAGRAM_BYTES + 2) * 2);
@@ -233,7 +236,7 @@ export class LinkEndpoint {
   /** Handshake datagrams of successor sessions, and what they decrypt (nothing used). */
   private readonly rekeyBuf = Buffer.alloc(65_536);
   private readonly rekeyOut = Buffer.alloc(65_536);
-  private tickTimer: NodeJS.Timeout | undefined;
+  private tickTimer: TimerHandle | undefined;
   private cookieRotatedAt = 0;
   private cookieSecret = randomBytes(32);
   private started = false;
@@ -249,7 +252,8 @@ export class LinkEndpoint {
   constructor(private readonly options: LinkEndpointOptions) {
     const dtls = loadDtls();
     this.log = options.log ?? silentLogger;
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? realClock;
+    this.now = () => this.clock.now();
     this.deadPeerAfterMs = options.deadPeerAfterMs ?? C.DEAD_PEER_AFTER_MS;
     this.keepaliveIntervalMs = options.keepaliveIntervalMs ?? C.KEEPALIVE_INTERVAL_MS;
     this.maxPeers = options.maxPeers ?? C.MAX_PEERS;
@@ -278,14 +282,14 @@ export class LinkEndpoint {
       (d, h, p) => this.onDatagram(d, h, p),
       () => this.options.onReceiveDone?.(),
     );
-    this.tickTimer = setInterval(() => this.tick(), C.LINK_TICK_MS);
+    this.tickTimer = this.clock.setRepeating(C.LINK_TICK_MS, () => this.tick());
   }
 
   /** Close every link (sending CLOSE), stop timers, release the socket. */
   stop(): void {
     if (!this.started) return;
     this.started = false;
-    if (this.tickTimer) clearInterval(this.tickTimer);
+    this.tickTimer?.cancel();
     this.tickTimer = undefined;
     this.dialTargets.clear();
     for (const peer of [...this.peers.values()]) this.drop(peer, 'stopping', CloseReason.normal);

@@ -6,6 +6,7 @@
  * layers above. `UdpTransport` is the real one; `MemoryNetwork` is the in-memory
  * twin for unit tests and the simulator.
  */
+import type { Clock } from '../time/clock.js';
 import net from 'node:net';
 import { loadUdp, type NativeUdp } from '../native/binding.js';
 
@@ -450,10 +451,25 @@ export function countPacked(buf: Buffer, len: number): number {
   return count;
 }
 
+export interface MemoryNetworkOptions {
+  /** Uniform [0, 1) draws for the loss model (default Math.random). */
+  random?: () => number;
+  /**
+   * Deliver on this clock after `latencyMs` instead of on the next turn
+   * of the event loop: with a VirtualClock the network is then
+   * deterministic and time moves only when the test or simulator moves it.
+   */
+  clock?: Clock;
+  /** One-way delay of a datagram from one host to another (default 0: the next instant). */
+  latencyMs?: (fromHost: string, toHost: string) => number;
+}
+
 /**
  * In-memory twin: transports on one MemoryNetwork reach each other by
- * "host:port". Delivery is asynchronous (a microtask-free setImmediate
- * queue), optionally lossy for tests (lossRate); it never reorders.
+ * "host:port". Delivery is asynchronous: on the next turn of the event
+ * loop (a microtask-free setImmediate queue), or with a clock after the
+ * latency model's delay, in send order between any two hosts whose
+ * latency does not change. Optionally lossy (lossRate).
  */
 export class MemoryNetwork {
   readonly endpoints = new Map<string, MemoryTransport>();
@@ -461,9 +477,14 @@ export class MemoryNetwork {
   delivered = 0;
   dropped = 0;
   private readonly random: () => number;
+  private readonly clock: Clock | null;
+  private readonly latencyMs: ((fromHost: string, toHost: string) => number) | null;
 
-  constructor(random: () => number = Math.random) {
-    this.random = random;
+  constructor(options: MemoryNetworkOptions | (() => number) = {}) {
+    const o = typeof options === 'function' ? { random: options } : options;
+    this.random = o.random ?? Math.random;
+    this.clock = o.clock ?? null;
+    this.latencyMs = o.latencyMs ?? null;
   }
 
   transport(host: string, port: number): MemoryTransport {
@@ -481,16 +502,24 @@ export class MemoryNetwork {
       this.dropped += 1;
       return;
     }
-    const target = this.endpoints.get(`${host}:${port}`);
-    if (!target) {
+    const key = `${host}:${port}`;
+    if (!this.endpoints.has(key)) {
       this.dropped += 1;
       return;
     }
     const copy = Buffer.from(data);
-    setImmediate(() => {
+    const arrive = (): void => {
+      // The receiver may have closed while the datagram was in flight.
+      const target = this.endpoints.get(key);
+      if (!target) {
+        this.dropped += 1;
+        return;
+      }
       this.delivered += 1;
       target.receive(copy, fromHost, fromPort);
-    });
+    };
+    if (this.clock) this.clock.setTimer(this.latencyMs?.(fromHost, host) ?? 0, arrive);
+    else setImmediate(arrive);
   }
 }
 

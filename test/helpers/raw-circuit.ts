@@ -41,6 +41,7 @@ import {
 import { Outbox } from '../../src/link/outbox.js';
 import type { MemoryNetwork } from '../../src/link/transport.js';
 import { parseIp } from '../../src/net/cidr.js';
+import { realClock, sleep, type Clock } from '../../src/time/clock.js';
 
 /** What a test needs to know of a relay: where it is and its keys. */
 export interface RelayRef {
@@ -88,10 +89,6 @@ export class RawCircuit {
 const STEP_MS = 3_000;
 const RESEND_MS = 1_000;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 export class RawClient {
   readonly endpoint: LinkEndpoint;
   readonly outbox: Outbox;
@@ -99,10 +96,17 @@ export class RawClient {
   private readonly padding = new PaddingSource();
   private readonly cell = Buffer.alloc(1500);
 
-  constructor(net: MemoryNetwork, host: string, port = 40000) {
+  /** Waits and timestamps on `clock` (a VirtualClock: the test moves time). */
+  constructor(
+    net: MemoryNetwork,
+    host: string,
+    port = 40000,
+    private readonly clock: Clock = realClock,
+  ) {
     this.endpoint = new LinkEndpoint({
       identity: ephemeralIdentity(),
       transport: net.transport(host, port),
+      clock,
       listen: null,
       onMessage: (peer, type, buf, o, len) => this.onMessage(peer, type, buf, o, len),
       onReceiveDone: () => this.outbox.flush(),
@@ -120,12 +124,12 @@ export class RawClient {
 
   async link(r: RelayRef): Promise<LinkPeer> {
     this.endpoint.dial(r.host, r.port, r.id);
-    const deadline = Date.now() + 10_000;
+    const deadline = this.clock.now() + 10_000;
     for (;;) {
       const p = this.endpoint.upPeers().find((x) => x.id === r.id);
       if (p) return p;
-      if (Date.now() > deadline) throw new Error(`no link to ${r.host}:${r.port}`);
-      await sleep(10);
+      if (this.clock.now() > deadline) throw new Error(`no link to ${r.host}:${r.port}`);
+      await sleep(this.clock, 10);
     }
   }
 
@@ -166,7 +170,7 @@ export class RawClient {
     for (let i = 0; i < c.seqs.length; i += 1) c.seqs[i] = (c.seqs[i] as number) + 1;
     const size = forwardCellSize(msg.length, c.hops);
     wrapForward(
-      forwardKeysFor(c.keys, Date.now(), c.forwardKeys),
+      forwardKeysFor(c.keys, this.clock.now(), c.forwardKeys),
       c.seqs,
       msg,
       size,
@@ -214,19 +218,19 @@ export class RawClient {
 
   /** Poll until `done`, an answer that ends the step, or STEP_MS; `resend` every RESEND_MS. */
   private async wait(c: RawCircuit, done: () => boolean, resend: () => void): Promise<Answer> {
-    const deadline = Date.now() + STEP_MS;
-    let sentAt = Date.now();
+    const deadline = this.clock.now() + STEP_MS;
+    let sentAt = this.clock.now();
     for (;;) {
       if (done()) return { kind: 'ok' };
       if (c.failed !== null) return { kind: 'failed', reason: c.failed };
       if (c.destroyed !== null) return { kind: 'destroyed', reason: c.destroyed };
-      if (Date.now() > deadline) return { kind: 'timeout' };
-      if (Date.now() - sentAt >= RESEND_MS) {
-        sentAt = Date.now();
+      if (this.clock.now() > deadline) return { kind: 'timeout' };
+      if (this.clock.now() - sentAt >= RESEND_MS) {
+        sentAt = this.clock.now();
         resend();
         this.flush();
       }
-      await sleep(5);
+      await sleep(this.clock, 5);
     }
   }
 
@@ -234,7 +238,7 @@ export class RawClient {
     const keys = ntorClientFinish(c.pending as NtorClientState, reply, HOP_KEY_BYTES);
     if (!keys) throw new Error(`hop ${c.hops + 1} failed the handshake`);
     // Epoch keys from the moment CREATED arrived, as the client's (protocol 8.10).
-    c.keys.push(new ClientHopKeys(keys, Date.now()));
+    c.keys.push(new ClientHopKeys(keys, this.clock.now()));
     keys.fill(0);
     c.seqs.push(0);
     c.heard.push(0);
@@ -258,7 +262,8 @@ export class RawClient {
     const size = len - 4;
     for (let origin = c.hops - 1; origin >= 0; origin -= 1) {
       const copy = Buffer.from(buf.subarray(o + 4, o + len));
-      if (unwrapBackwardEpochs(c.keys, origin, copy, 0, size, Date.now(), c.chosen) === 0) continue;
+      if (unwrapBackwardEpochs(c.keys, origin, copy, 0, size, this.clock.now(), c.chosen) === 0)
+        continue;
       c.heard[origin] = (c.heard[origin] as number) + 1;
       const m = decodeRelay(copy, 40, size - 40);
       if (!m) return;

@@ -2,6 +2,7 @@
 // errors are judged by the packet they quote, and IPv6 addresses that stand
 // for an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) by that
 // address. Each test crafts the packet an attacking client would send.
+import { manualTime } from '../helpers/manual-clock.js';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AddressPool } from '../../exit/address-pool.js';
@@ -431,7 +432,7 @@ describe('at the exit handler: two leased clients', () => {
     const device = new MemoryDevice('t0');
     const pool = new AddressPool(parseCidr('10.200.0.1/24'));
     const exit = new ExitHandler(relay as unknown as RelayNode, device, pool, policy, {
-      now: () => 5000,
+      clock: manualTime(() => 5000),
     });
     const circA = { exitContext: undefined } as unknown as RelayCircuit;
     const circB = { exitContext: undefined } as unknown as RelayCircuit;

@@ -6,6 +6,7 @@ import { ephemeralIdentity, type Identity } from '../../src/identity.js';
 import { LinkEndpoint, type LinkEndpointOptions, type LinkPeer } from '../../src/link/endpoint.js';
 import { MSG_DATA } from '../../src/link/messages.js';
 import { MemoryNetwork } from '../../src/link/transport.js';
+import { manualTime } from '../helpers/manual-clock.js';
 import { waitFor } from '../helpers/netns.js';
 
 const endpoints: LinkEndpoint[] = [];
@@ -118,16 +119,16 @@ test('links come up through 20% loss (handshake and AUTH are retransmitted)', as
 test('a silent peer is declared dead and the dialer redials when it returns', async () => {
   const net = new MemoryNetwork();
   let now = 1_000_000;
-  const clock = () => now;
+  const clock = manualTime(() => now);
   const listenerId = ephemeralIdentity();
   const listener = await node(
     net,
     '10.0.4.1',
     7000,
-    { listen: { allowedIds: null }, now: clock },
+    { listen: { allowedIds: null }, clock },
     listenerId,
   );
-  const dialer = await node(net, '10.0.4.2', 40000, { now: clock });
+  const dialer = await node(net, '10.0.4.2', 40000, { clock });
   dialer.ep.dial('10.0.4.1', 7000, listener.id.id);
   await waitFor('up', () => dialer.up.length === 1, 5000, 10);
   listener.ep.stop();
@@ -139,7 +140,7 @@ test('a silent peer is declared dead and the dialer redials when it returns', as
     net,
     '10.0.4.1',
     7000,
-    { listen: { allowedIds: null }, now: clock },
+    { listen: { allowedIds: null }, clock },
     listenerId,
   );
   now += 1_000;

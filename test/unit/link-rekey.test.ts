@@ -2,6 +2,7 @@
 // in-memory network with real DTLS and a 1 s interval: nothing is lost
 // across re-keys under load, and a node whose memory is seized after a
 // re-key cannot decrypt link records captured before it.
+import { manualTime } from '../helpers/manual-clock.js';
 import assert from 'node:assert/strict';
 import { createDecipheriv, createHmac } from 'node:crypto';
 import { after, test } from 'node:test';
@@ -284,10 +285,10 @@ test('re-keys complete through 20% loss, and the link stays up', async () => {
 test('a peer that never re-keys loses the link at the deadline (virtual clock)', async () => {
   const net = new MemoryNetwork();
   let now = 5_000_000;
-  const clock = () => now;
-  const listener = await side(net, '10.0.30.99', 7000, true, { now: clock, rekeyAfterMs: 1000 });
+  const clock = manualTime(() => now);
+  const listener = await side(net, '10.0.30.99', 7000, true, { clock, rekeyAfterMs: 1000 });
   // A dialer that never starts a re-key (as an old or hostile peer would).
-  const dialer = await side(net, '10.0.30.100', 40000, false, { now: clock, rekeyAfterMs: 0 });
+  const dialer = await side(net, '10.0.30.100', 40000, false, { clock, rekeyAfterMs: 0 });
   dialer.ep.dial('10.0.30.99', 7000, listener.id);
   await waitFor('up', () => dialer.up.length === 1 && listener.up.length === 1, 5000, 5);
   // 30 s of grace after the 1 s interval, in 2 s steps with keepalives flowing.

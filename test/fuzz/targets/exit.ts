@@ -21,6 +21,7 @@ import {
   ICMP_OWN_QUOTE,
 } from '../../../src/net/ip-packet.js';
 import { MemoryDevice } from '../../../src/tun/device.js';
+import { manualTime } from '../../helpers/manual-clock.js';
 import type { Rng } from '../rng.js';
 import { check, type FuzzTarget } from '../target.js';
 
@@ -172,7 +173,7 @@ const handler = new ExitHandler(
   device,
   new AddressPool(parseCidr('10.200.0.1/24'), parseCidr('fd70::1/64')),
   policy,
-  { now: () => 0 },
+  { clock: manualTime(() => 0) },
 );
 device.start = () => {};
 const SESSION = Buffer.alloc(LEASE_BODY_BYTES, 0x11);

@@ -11,6 +11,7 @@ import {
 } from '../../../src/link/endpoint.js';
 import { MSG_DATA } from '../../../src/link/messages.js';
 import { MemoryNetwork, type MemoryTransport } from '../../../src/link/transport.js';
+import { realClock, type Clock as NodeClock, type TimerHandle } from '../../../src/time/clock.js';
 import { FuzzFailure } from '../target.js';
 
 export interface Datagram {
@@ -84,9 +85,16 @@ export interface Side {
   down: string[];
 }
 
-export class Clock {
+/** Time the fixture steps by hand; timers (the endpoint's tick) on real time. */
+export class Clock implements NodeClock {
   t = 1_000_000;
   readonly now = (): number => this.t;
+  setTimer(ms: number, fn: () => void): TimerHandle {
+    return realClock.setTimer(ms, fn);
+  }
+  setRepeating(ms: number, fn: () => void): TimerHandle {
+    return realClock.setRepeating(ms, fn);
+  }
 }
 
 let identities: Identity[] | undefined;
@@ -107,7 +115,7 @@ export async function side(
   s.ep = new LinkEndpoint({
     identity: id,
     transport: net.transport(addr.host, addr.port),
-    now: clock.now,
+    clock,
     onMessage: (_p, type, buf, o, len) =>
       s.data.push(Buffer.concat([Buffer.from([type]), buf.subarray(o, o + len)])),
     onPeerDown: (_p, reason) => s.down.push(reason),

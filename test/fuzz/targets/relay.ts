@@ -118,7 +118,7 @@ async function build(): Promise<Fixture> {
   const relay = new RelayNode({
     identity: rId,
     transport: net.transport(R_ADDR.host, R_ADDR.port),
-    now: clock.now,
+    clock,
     maxCircuits: MAX_CIRCUITS,
     allowPrivateExtend: true,
   });
