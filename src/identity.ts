@@ -75,7 +75,7 @@ function ed25519FromSeed(seed: Buffer): { publicKey: Buffer; secretKey: Buffer }
   return { publicKey, secretKey };
 }
 
-function x25519Public(secret: Buffer): Buffer {
+export function x25519Public(secret: Buffer): Buffer {
   const pub = Buffer.alloc(sodium.crypto_scalarmult_BYTES);
   sodium.crypto_scalarmult_base(pub, secret);
   return pub;
@@ -234,9 +234,9 @@ export interface OnionKeyPair {
 }
 
 /** Age of the current onion key in seconds (from its file's modification time). */
-export function onionKeyAgeS(dir: string): number {
+export function onionKeyAgeS(dir: string, now = Date.now()): number {
   try {
-    return (Date.now() - fs.statSync(path.join(dir, FILES.onion)).mtimeMs) / 1000;
+    return (now - fs.statSync(path.join(dir, FILES.onion)).mtimeMs) / 1000;
   } catch {
     return 0;
   }
@@ -259,12 +259,15 @@ export function rotateOnionKey(dir: string, identity: Identity): OnionKeyPair {
 }
 
 /** The previous onion key if it is still within its grace period, else null. */
-export function loadPreviousOnionKey(dir: string): (OnionKeyPair & { until: number }) | null {
+export function loadPreviousOnionKey(
+  dir: string,
+  now = Date.now(),
+): (OnionKeyPair & { until: number }) | null {
   const file = path.join(dir, `${FILES.onion}.prev`);
   try {
     const retiredAt = fs.statSync(file).mtimeMs;
     const until = retiredAt + ONION_KEY_GRACE_S * 1000;
-    if (Date.now() >= until) return null;
+    if (now >= until) return null;
     const secret = readKeyHex(file, 32);
     return { secret, public: x25519Public(secret), until };
   } catch {

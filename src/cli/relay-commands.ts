@@ -11,21 +11,14 @@ import { AddressPool } from '../../exit/address-pool.js';
 import { ExitHandler } from '../../exit/exit-node.js';
 import { ExitNat } from '../../exit/nat.js';
 import { ExitPolicy, parseAllowList, parsePolicyFile } from '../../exit/policy.js';
+import { fileOnionKeys, RelayMaintenance } from '../../relay/maintenance.js';
 import { RelayNode } from '../../relay/relay-node.js';
 import { CIRCUIT_MTU } from '../circuit/cells.js';
 import { descriptorToText, signDescriptor } from '../descriptor/descriptor.js';
 import { DhtNode } from '../discovery/dht-node.js';
 import { DescriptorPublisher } from '../discovery/publisher.js';
 import { errors } from '../errors.js';
-import {
-  loadIdentity,
-  loadPreviousOnionKey,
-  ONION_KEY_GRACE_S,
-  ONION_KEY_ROTATE_S,
-  onionKeyAgeS,
-  rotateOnionKey,
-  type Identity,
-} from '../identity.js';
+import { loadIdentity, ONION_KEY_ROTATE_S, type Identity } from '../identity.js';
 import { formatHostPort } from '../link/endpoint.js';
 import { UdpTransport } from '../link/transport.js';
 import { type Logger } from '../log.js';
@@ -278,21 +271,22 @@ async function runRelay(
     extraStop();
     throw bindError(e, s.listen.host, s.listen.port);
   }
-  // Onion key rotation on a schedule; the previous key keeps working for
-  // ONION_KEY_GRACE_S so circuits being built with the old descriptor succeed.
-  const rotateIfDue = (): boolean => {
-    if (onionKeyAgeS(s.dir) < s.onionRotateS) return false;
-    const prev = rotateOnionKey(s.dir, s.identity);
-    s.node.previousOnion = { ...prev, until: Date.now() + ONION_KEY_GRACE_S * 1000 };
-    s.log.info('rotated the onion key; the previous one is honoured for 24 h');
-    return true;
-  };
-  rotateIfDue();
-  const previous = loadPreviousOnionKey(s.dir);
-  if (previous && !s.node.previousOnion) s.node.previousOnion = previous;
-  publishDescriptor(s, policy);
-  let dht: DhtNode | null = null;
+  // Onion key rotation and descriptor renewal (relay/maintenance.ts); the
+  // publisher, once there, is told of every new descriptor.
   let publisher: DescriptorPublisher | null = null;
+  const maintenance = new RelayMaintenance({
+    node: s.node,
+    keys: fileOnionKeys(s.dir, s.identity),
+    rotateAfterMs: s.onionRotateS * 1000,
+    renewAfterMs: Math.min(DESCRIPTOR_REFRESH_MS, Math.floor((s.lifetimeS * 1000) / 3)),
+    publish: () => {
+      publishDescriptor(s, policy);
+      void publisher?.publishNow();
+    },
+    log: s.log,
+  });
+  maintenance.start();
+  let dht: DhtNode | null = null;
   if (s.dht) {
     dht = new DhtNode({
       bootstrap: s.dht.bootstrap,
@@ -305,6 +299,7 @@ async function runRelay(
     try {
       await dht.start();
     } catch (e) {
+      maintenance.stop();
       s.node.stop();
       extraStop();
       throw bindError(e, s.dht.listen.host, s.dht.listen.port);
@@ -337,28 +332,15 @@ async function runRelay(
       dht: dht ? { ...dht.describe(), published: publisher?.published ?? false } : null,
     }));
   } catch (e) {
+    maintenance.stop();
     publisher?.stop();
     dht?.stop();
     s.node.stop();
     extraStop();
     throw e;
   }
-  // Renew the descriptor at a third of its lifetime, and publish the new
-  // one; publish at once when the onion key rotates.
-  const renewMs = Math.min(DESCRIPTOR_REFRESH_MS, Math.floor((s.lifetimeS * 1000) / 3));
-  let lastRenew = Date.now();
-  const refresh = setInterval(
-    () => {
-      const rotated = rotateIfDue();
-      if (!rotated && Date.now() - lastRenew < renewMs) return;
-      lastRenew = Date.now();
-      publishDescriptor(s, policy);
-      void publisher?.publishNow();
-    },
-    Math.min(renewMs, 30_000),
-  );
   return untilSignal(s.log, () => {
-    clearInterval(refresh);
+    maintenance.stop();
     publisher?.stop();
     dht?.stop();
     s.node.stop();

@@ -345,6 +345,8 @@ export const replayWindowTarget: FuzzTarget = {
   weight: 0.3,
 };
 
+/** D: the client's slots start this long after the relay's (its handshake's reply time). */
+const CLIENT_OFFSET_MS = 300;
 let epochOpened = 0;
 let epochRefusedLate = 0;
 
@@ -354,9 +356,12 @@ let epochRefusedLate = 0;
  * 650 s), the client sends a forward cell, the relay sends a backward one,
  * or a recorded cell is delivered (any of the last 32, so reordered,
  * repeated, late) as it was or with a byte flipped. Checked: nothing
- * throws; a flipped cell never opens; no cell opens W = 70 s or more after
- * it was sent (the forward-secrecy window); a cell delivered as soon as it
- * was sent always opens; the receivers hold at most four keys.
+ * throws; a flipped cell never opens; no cell opens at the relay W = 70 s
+ * or more after it was sent (the forward-secrecy window of a relay's
+ * memory), nor at the client W + D or more after (its backward window,
+ * its slots starting D = 300 ms after the relay's: docs/protocol.md
+ * 8.10.5); a cell delivered as soon as it was sent always opens; the
+ * receivers hold at most four keys.
  */
 export const epochsTarget: FuzzTarget = {
   name: 'circuit/key-epochs',
@@ -373,13 +378,13 @@ export const epochsTarget: FuzzTarget = {
     const size = CELL_SMALL;
     // The relay made its state 300 ms before the client finished the handshake.
     const relay = new RelayHopKeys(m, 0);
-    const client = [new ClientHopKeys(m, 300)];
+    const client = [new ClientHopKeys(m, CLIENT_OFFSET_MS)];
     const list: ForwardLayerKeys[] = [];
     const chosen = [0];
     const pad = new PaddingSource(Buffer.alloc(32, 9));
     const scratch = Buffer.alloc(size + 8);
     const sent: { at: number; cell: Buffer; forward: boolean }[] = [];
-    let now = 300;
+    let now = CLIENT_OFFSET_MS;
     let seq = 0;
     const deliver = (c: { at: number; cell: Buffer; forward: boolean }, flip: number) => {
       const cell = Buffer.from(c.cell);
@@ -389,7 +394,11 @@ export const epochsTarget: FuzzTarget = {
         : unwrapBackwardEpochs(client, 0, cell, 0, size, now, chosen) > 0;
       check(!(ok && flip >= 0), 'a modified cell opened');
       if (ok) {
-        check(now - c.at < EPOCH_WINDOW_MS, `a cell sent at ${c.at} opened at ${now}`);
+        const window = c.forward ? EPOCH_WINDOW_MS : EPOCH_WINDOW_MS + CLIENT_OFFSET_MS;
+        check(
+          now - c.at < window,
+          `a ${c.forward ? 'forward' : 'backward'} cell sent at ${c.at} opened at ${now}`,
+        );
         epochOpened += 1;
       } else if (flip < 0 && now - c.at >= EPOCH_WINDOW_MS) epochRefusedLate += 1;
       return ok;
