@@ -156,6 +156,11 @@ export interface ClientNodeOptions {
   log?: Logger;
   /** Time and timers (default: the real clock). */
   clock?: Clock;
+  /**
+   * Uniform integer in [0, n) for path and guard choices (default
+   * crypto.randomInt; a seeded one makes a simulation repeatable).
+   */
+  random?: (n: number) => number;
   /** Called when a circuit is ready (first and every later one). */
   onCircuit?: (path: Descriptor[], lease: Lease, first: boolean) => void;
   /**
@@ -319,6 +324,7 @@ export class ClientNode {
         exitId: this.exitId,
         avoid: new Set(this.avoid.keys()),
         allowSameSubnet: this.options.allowSameSubnet ?? false,
+        random: this.options.random,
         now,
       });
     } catch (e) {
@@ -747,7 +753,7 @@ export class ClientNode {
     ) {
       this.nextGuardCheckAt = now + GUARD_CHECK_INTERVAL_MS;
       const relays = this.options.relays();
-      const listed = updateGuards(relays, this.guards, now);
+      const listed = updateGuards(relays, this.guards, now, this.options.random);
       const id = this.guards.dueRetry(listed, c.path[0]?.id ?? null, now);
       const d = id ? relays.find((r) => r.id === id) : undefined;
       const addr = d?.addresses[0];

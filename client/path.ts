@@ -59,10 +59,12 @@ export interface PathOptions {
   avoid: Set<string>;
   /** Test only: allow relays in one /16. */
   allowSameSubnet: boolean;
-  random?: (n: number) => number;
-  /** The clock for the guard state (ms). */
-  now?: number;
+  random?: ((n: number) => number) | undefined;
+  /** The time for the guard state (ms). */
+  now: number;
 }
+
+const randomBelow = (n: number): number => randomInt(n);
 
 /** No guard may be tried now (the network looks down): wait until `untilMs`. */
 export class GuardWait extends ShallotError {
@@ -84,7 +86,7 @@ export function updateGuards(
   relays: Descriptor[],
   guards: GuardList,
   now: number,
-  rnd: (n: number) => number = (n) => randomInt(n),
+  rnd: (n: number) => number = randomBelow,
 ): Set<string> {
   const sampled = new Set(guards.guards);
   const relaysOnly = relays.filter((r) => r.roles.relay);
@@ -104,8 +106,8 @@ export function updateGuards(
 }
 
 export function selectPath(relays: Descriptor[], guards: GuardList, o: PathOptions): Descriptor[] {
-  const rnd = o.random ?? ((n: number) => randomInt(n));
-  const now = o.now ?? Date.now();
+  const rnd = o.random ?? randomBelow;
+  const now = o.now;
   // The sampled guards and a requested exit are exempt from the /24 cap.
   const sampled = new Set(guards.guards);
   const fresh = relays.filter((r) => !o.avoid.has(r.id) || sampled.has(r.id));

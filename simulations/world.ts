@@ -37,6 +37,7 @@ export interface SimNode {
   /** 0-based over relays then exits. */
   index: number;
   id: string;
+  identity: Identity;
   host: string;
   /** The /16 it counts as ("100.64"). */
   net16: string;
@@ -114,6 +115,7 @@ export async function startNode(
   return {
     index: k,
     id: identity.id,
+    identity,
     host,
     net16: slash16(host),
     desc: describe(identity, host, isExit, clock),

@@ -32,6 +32,7 @@ test('a path has distinct relays in distinct /16s and ends at an exit', () => {
       hops: 3,
       avoid: new Set(),
       allowSameSubnet: false,
+      now: Date.now(),
     });
     assert.equal(p.length, 3);
     assert.equal(new Set(p.map((d) => d.id)).size, 3);
@@ -48,6 +49,7 @@ test('relays in one /16 do not make a path unless allowed for testing', () => {
         hops: 3,
         avoid: new Set(),
         allowSameSubnet: false,
+        now: Date.now(),
       }),
     (e: unknown) => e instanceof ShallotError && /distinct \/16/.test(e.message),
   );
@@ -55,6 +57,7 @@ test('relays in one /16 do not make a path unless allowed for testing', () => {
     hops: 3,
     avoid: new Set(),
     allowSameSubnet: true,
+    now: Date.now(),
   });
   assert.equal(p.length, 3);
 });
@@ -68,9 +71,19 @@ test('the guard is kept across paths', () => {
     relay('10.4.0.2', true),
   ];
   const guards = new GuardList();
-  const first = selectPath(relays, guards, { hops: 3, avoid: new Set(), allowSameSubnet: false });
+  const first = selectPath(relays, guards, {
+    hops: 3,
+    avoid: new Set(),
+    allowSameSubnet: false,
+    now: Date.now(),
+  });
   for (let i = 0; i < 30; i += 1) {
-    const p = selectPath(relays, guards, { hops: 3, avoid: new Set(), allowSameSubnet: false });
+    const p = selectPath(relays, guards, {
+      hops: 3,
+      avoid: new Set(),
+      allowSameSubnet: false,
+      now: Date.now(),
+    });
     assert.equal(p[0]!.id, first[0]!.id);
   }
 });

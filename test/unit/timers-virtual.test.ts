@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { ClientNode } from '../../client/client-node.js';
-import { CIRCUIT_IDLE_MS, RELAY_TICK_MS } from '../../relay/relay-node.js';
+import { CIRCUIT_IDLE_MS, RELAY_TICK_MS, RelayNode } from '../../relay/relay-node.js';
 import { ntorClientStatesLive } from '../../src/crypto/ntor.js';
 import { ephemeralIdentity } from '../../src/identity.js';
 import { DEAD_PEER_AFTER_MS, LINK_TICK_MS } from '../../src/link/constants.js';
@@ -249,4 +249,71 @@ test('virtual time: an hour of a 3-hop overlay takes little real time', async ()
   assert.equal(client.counters.circuitsBuilt, 1, 'one circuit held for the hour');
   // 3.6e6 ms of protocol time (keepalives, PINGs, re-keys, epochs) in seconds.
   assert.ok(realMs < 60_000, `${realMs} ms`);
+});
+
+test('a guard gone for 30 minutes: circuits go through the next primary, the sampled set stays, and the guard is used again once back', async () => {
+  const { clock, net } = world();
+  const nodes: SimNode[] = [];
+  for (let k = 0; k < 5; k += 1) nodes.push(await relayAt(clock, net, k, k === 4));
+  const guardsUsed: string[] = [];
+  const client = new ClientNode({
+    relays: () => nodes.map((n) => n.desc),
+    transport: net.transport('10.9.0.4', 40000),
+    device: new MemoryDevice('c3'),
+    hops: 3,
+    stateDir: null,
+    clock,
+    onGuard: (g) => guardsUsed.push(g.id),
+  });
+  await client.start();
+  stops.push(() => client.stop());
+  await until(clock, 'circuit', () => client.ready, 60_000, 10);
+  const sampled = () => (client.describe() as { guards: string[] }).guards;
+  const before = [...sampled()];
+  const first = guardsUsed.at(-1) as string;
+  const gone = nodes.find((n) => n.id === first) as SimNode;
+  // Its host vanishes (no CLOSE): the client notices the silent link and rebuilds elsewhere.
+  net.endpoints.get(`${gone.host}:7000`)?.close();
+  const lostAt = clock.now();
+  await until(
+    clock,
+    'rebuilt elsewhere',
+    () => client.ready && guardsUsed.at(-1) !== first,
+    60_000,
+    20,
+  );
+  const other = guardsUsed.at(-1) as string;
+  assert.ok(before.includes(other), 'the new guard was already sampled');
+  await clock.advanceAsync(lostAt + 30 * 60_000 - clock.now());
+  // Sampling may add a guard (guard-spec keeps enough usable ones), but none leaves.
+  assert.deepEqual(
+    before.filter((id) => !sampled().includes(id)),
+    [],
+    'a guard was dropped during the outage',
+  );
+  assert.equal(client.ready, true);
+  // It comes back (a restart: same identity, same address).
+  const back = new RelayNode({
+    identity: gone.identity,
+    transport: net.transport(gone.host, 7000),
+    clock,
+    allowPrivateExtend: true,
+  });
+  await back.start();
+  stops.push(() => back.stop());
+  // The next circuit (the current one's middle fails) starts at the first primary again.
+  const current = nodes.find(
+    (n) =>
+      n.id === (client.describe() as { circuit: { hops: { id: string }[] } }).circuit.hops[1]?.id,
+  ) as SimNode;
+  // Primaries that failed are retried every 10 minutes (guard-spec A.1).
+  await clock.advanceAsync(11 * 60_000);
+  net.endpoints.get(`${current.host}:7000`)?.close();
+  const n = guardsUsed.length;
+  await until(clock, 'a new circuit', () => guardsUsed.length > n && client.ready, 120_000, 20);
+  assert.equal(guardsUsed.at(-1), first, `guards tried: ${guardsUsed.join(' ')}`);
+  assert.deepEqual(
+    before.filter((id) => !sampled().includes(id)),
+    [],
+  );
 });
