@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ClientNode } from '../../client/client-node.js';
 import { KillSwitch } from '../../client/kill-switch.js';
-import { ClientRouting } from '../../client/routing.js';
+import { ClientHost } from '../../client/host-network.js';
 import { CIRCUIT_MTU, MAX_HOPS } from '../circuit/cells.js';
 import { type Descriptor } from '../descriptor/descriptor.js';
 import { loadRelayFile } from '../descriptor/relay-list.js';
@@ -16,7 +16,7 @@ import { RelayFinder } from '../discovery/finder.js';
 import { errors } from '../errors.js';
 import { parseNodeId } from '../identity.js';
 import { UdpTransport } from '../link/transport.js';
-import { type Cidr, formatIp, parseCidr, parseIp } from '../net/cidr.js';
+import { formatIp, parseCidr, parseIp } from '../net/cidr.js';
 import { ip } from '../tun/iproute.js';
 import { LinuxTun } from '../tun/linux-tun.js';
 import { requireString, type CommandSpec } from './args.js';
@@ -179,10 +179,15 @@ export async function clientCommand(argv: string[]): Promise<number> {
   const device = LinuxTun.open(typeof p.dev === 'string' ? p.dev : 'shallot%d', CIRCUIT_MTU);
   ip(['link', 'set', 'dev', device.name, 'mtu', String(CIRCUIT_MTU), 'up']);
   // From here on nothing leaves outside the tunnel but discovery and, once
-  // chosen, the link to the guard.
-  let killSwitch: KillSwitch | null = killSwitchOn
-    ? installKillSwitch(device.name, null, allowPorts)
-    : null;
+  // chosen, the link to the guard (client/host-network.ts).
+  const host = new ClientHost({
+    tunName: device.name,
+    split: split.length ? split : null,
+    killSwitch: killSwitchOn,
+    allowUdpSourcePorts: allowPorts,
+    log,
+  });
+  host.start();
   if (discovery) {
     const cached = discovery.finder.loadCache();
     if (cached >= hops) {
@@ -199,7 +204,7 @@ export async function clientCommand(argv: string[]): Promise<number> {
         }
         if (attempt >= 30) {
           stopDiscovery();
-          killSwitch?.stop();
+          host.stop();
           device.close();
           throw errors.badConfig(
             `found only ${n} relays of network '${network}' in the DHT: is --bootstrap right?`,
@@ -209,14 +214,6 @@ export async function clientCommand(argv: string[]): Promise<number> {
       }
     }
   }
-  let routing: ClientRouting | null = null;
-  let guardKey = '';
-  let addressed = false;
-  let innerV6: Cidr | null = null;
-  const guardOf = (d: Descriptor) => {
-    const a = d.addresses[0] as { host: string; port: number };
-    return { host: a.host, port: a.port };
-  };
   const node = new ClientNode({
     relays,
     transport: new UdpTransport('0.0.0.0', 0),
@@ -231,53 +228,19 @@ export async function clientCommand(argv: string[]): Promise<number> {
     log,
     onProgress: (text) => log.info(text),
     onGuard: (guard) => {
-      const g = guardOf(guard);
-      const key = `${g.host}:${g.port}`;
-      if (key === guardKey) return;
-      guardKey = key;
-      if (killSwitchOn) {
-        // Same table name: nft replaces it in one transaction, never a gap.
-        killSwitch = installKillSwitch(device.name, g, allowPorts);
-      }
-      if (routing) {
-        routing.stop();
-        routing = null;
-      }
+      const a = guard.addresses[0];
+      if (a) host.onGuard(a);
     },
-    onCircuit: (_path, lease, _first) => {
-      if (!addressed) {
-        ip(['addr', 'add', `${formatIp(lease.v4)}/32`, 'dev', device.name]);
-        if (lease.v6) {
-          try {
-            ip(['-6', 'addr', 'add', `${formatIp(lease.v6)}/128`, 'dev', device.name, 'nodad']);
-            innerV6 = parseCidr(`${formatIp(lease.v6)}/128`);
-          } catch (e) {
-            // IPv6 off on this host (disable_ipv6): carry on with IPv4. No
-            // IPv6 route enters the TUN, and the kill switch drops IPv6.
-            log.warn(`no IPv6 through the circuit: ${(e as Error).message}`);
-          }
-        }
-        addressed = true;
-      }
-      if (!routing) {
-        const [host, port] = guardKey.split(/:(?=\d+$)/);
-        routing = new ClientRouting({
-          tunName: device.name,
-          guard: { host: host as string, port: Number(port) },
-          mode: split.length ? { kind: 'split', cidrs: split } : { kind: 'full' },
-          ...(innerV6 ? { innerV6 } : {}),
-        });
-        routing.start();
-      }
-      const v6 = innerV6 ? ` and ${formatIp(innerV6.address)}` : '';
+    onCircuit: (_path, lease) => {
+      host.onCircuit(lease);
+      const v6 = host.v6 ? ` and ${formatIp(host.v6.address)}` : '';
       process.stdout.write(`circuit ready: inner address ${formatIp(lease.v4)}${v6}\n`);
     },
   });
   const stopAll = () => {
     stopDiscovery();
     node.stop();
-    routing?.stop();
-    killSwitch?.stop();
+    host.stop();
   };
   try {
     await node.start();
@@ -294,7 +257,7 @@ export async function clientCommand(argv: string[]): Promise<number> {
       device: device.name,
       updatedAt: new Date().toISOString(),
       memory: { rss: process.memoryUsage().rss },
-      killSwitch: killSwitchOn ? { blockedPackets: safeBlocked(killSwitch) } : null,
+      killSwitch: host.killSwitchOn ? { blockedPackets: host.blockedPackets() } : null,
       discovery: discovery
         ? { dht: discovery.dht.describe(), relays: discovery.finder.describe() }
         : { relaysFile },
@@ -308,22 +271,4 @@ export async function clientCommand(argv: string[]): Promise<number> {
     stopAll();
     void stopReporting('stopped');
   });
-}
-
-function installKillSwitch(
-  tunName: string,
-  guard: { host: string; port: number } | null,
-  allowUdpSourcePorts: number[],
-): KillSwitch {
-  const k = new KillSwitch({ tunName, guard, allowUdpSourcePorts });
-  k.start();
-  return k;
-}
-
-function safeBlocked(k: KillSwitch | null): number | null {
-  try {
-    return k ? k.blockedPackets() : null;
-  } catch {
-    return null;
-  }
 }
